@@ -1,0 +1,260 @@
+"""The train step and the eval step: the one definition every other part compiles.
+
+Data parallelism has pmap semantics, written with `jax.shard_map` over a 1-D mesh
+whose axis is DATA: each device takes k / n_devices examples of the global batch and
+the gradients are averaged with `lax.pmean`.
+
+Two facts shape the code (measured on jax 0.10):
+* With shard_map's default `check_vma=True`, the gradient with respect to a
+  replicated parameter comes back already summed over the mesh, so a pmean on top
+  would multiply the learning rate by n_devices. We use `check_vma=False`, where each
+  device's gradient is its LOCAL gradient (which the noise-scale estimate needs too)
+  and the pmean is ours. tests/test_step.py checks it against the full-batch gradient.
+* A Python loop dispatching many multi-device steps asynchronously can deadlock on
+  CPU; callers run whole epochs as one `lax.scan` (see `make_epoch`) and block once
+  per epoch.
+
+The learning rate is computed inside the step from hyperparameters held in the state
+(`state.hparams`), so one compiled program serves any (learning_rate, lr_decay) and
+a population of them can be vmapped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sgdlab import optimizers
+
+DATA = "data"
+
+Batch = dict[str, jax.Array]  # x [k, ...], y [k] int32, mask [k] float32 (1 = real example)
+Metrics = dict[str, jax.Array]
+# (count, learning_rate, lr_decay) -> lr_t; learning_rate and lr_decay may be traced.
+LrFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a run needs to continue: checkpoint this and training resumes bitwise."""
+
+  step: jax.Array  # int32: optimizer steps taken (Keras' `iterations`)
+  params: Any
+  opt_state: Any
+  hparams: dict[str, jax.Array]  # learning_rate, lr_decay (float32 scalars)
+  rng: jax.Array  # uint32[2]: the dropout stream; folded with (step, device)
+  diverged_at: jax.Array  # int32: step whose loss or gradient was not finite, or -1
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over all devices (all hosts' devices in a multi-process run)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(devices, (DATA,))
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation,
+               input_shape: tuple[int, ...], *, seed: int, learning_rate: float,
+               lr_decay: float) -> TrainState:
+  """Initial state from the seed alone: parameter init and dropout use separate streams."""
+  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      hparams=dict(learning_rate=jnp.asarray(learning_rate, jnp.float32),
+                   lr_decay=jnp.asarray(lr_decay, jnp.float32)),
+      rng=dropout_key, diverged_at=jnp.full((), -1, jnp.int32))
+
+
+def _tree_sq_norm(tree: Any) -> jax.Array:
+  return sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]))
+
+
+def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
+                     groups: int | None) -> tuple[Any, Metrics, Any]:
+  """Inside shard_map: this device's gradient sum, then the global mean gradient.
+
+  Returns (mean gradient over the global batch's real examples, metrics, per-group
+  gradient sums [groups, ...], or None when groups is None). Masked (padding) examples contribute nothing,
+  so a partial last batch is an honest mean over fewer examples, as in Keras.
+  """
+  n_dev = jax.lax.psum(1, DATA)
+  mask = batch["mask"]
+  count = jax.lax.psum(jnp.sum(mask), DATA)
+
+  def loss_sum(params, x, y, m, rng):
+    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.sum(losses * m), jnp.sum(correct * m)
+
+  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+  group_sums = None
+  if groups is None:
+    (l_sum, c_sum), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
+  else:
+    split = lambda a: a.reshape((groups, -1, *a.shape[1:]))
+    (l_sums, c_sums), group_sums = jax.vmap(grad_fn, in_axes=(None, 0, 0, 0, 0))(
+        params, split(batch["x"]), split(batch["y"]), split(mask), jax.random.split(rng, groups))
+    l_sum, c_sum = jnp.sum(l_sums), jnp.sum(c_sums)
+    g_sum = jax.tree.map(lambda g: jnp.sum(g, 0), group_sums)
+
+  # Weighting each device's gradient by n_dev / count makes the pmean the mean over all
+  # real examples; with a full batch this is exactly pmap's pmean of per-device mean
+  # gradients.
+  weight = n_dev / jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g: jax.lax.pmean(g * weight, DATA), g_sum)
+  metrics = dict(loss=jax.lax.psum(l_sum, DATA) / jnp.maximum(count, 1.0),
+                 correct=jax.lax.psum(c_sum, DATA), count=count)
+  return grads, metrics, group_sums
+
+
+def make_grad_fn(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], Any]:
+  """The data-parallel gradient alone (no dropout rng needed): what tests compare."""
+
+  def local(params, batch):
+    return _local_gradients(model, params, batch, jax.random.PRNGKey(0), None)[0]
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),
+                       check_vma=False)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
+                    mesh: Mesh, *, noise_scale: bool = False
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
+
+  `tx` gives the update direction without the learning rate (sgdlab.optimizers); the
+  step scales it by -lr_t, with lr_t from the hyperparameters in the state. A loss or
+  gradient that is not finite freezes the state and records the step in diverged_at.
+
+  noise_scale=True also returns the squared gradient norms that the online noise-scale
+  estimate needs (sgdlab.noise): each device's local gradient (B_small = k / n) and
+  the averaged one (B_big = k). On one device the batch is split into two halves to
+  get a B_small. The update is the same; only float summation order changes (and,
+  with dropout, the masks drawn).
+  """
+  n_dev = mesh.size
+  groups = (2 if n_dev == 1 else 1) if noise_scale else 1
+
+  def local_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    dev = jax.lax.axis_index(DATA)
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), dev)
+    # With noise_scale, per-group sums even with one group: the local gradient is needed.
+    grads, metrics, group_sums = _local_gradients(model, state.params, batch, rng,
+                                                  groups if noise_scale else None)
+
+    lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
+    direction, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, optimizers.apply_lr(direction, lr))
+
+    ok = jnp.isfinite(metrics["loss"]) & _all_finite(grads) & (state.diverged_at < 0)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    diverged_at = jnp.where((state.diverged_at < 0) & ~ok, state.step, state.diverged_at)
+    new_state = state.replace(
+        step=jnp.where(ok, state.step + 1, state.step),
+        params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+        diverged_at=diverged_at)
+
+    metrics["lr"] = lr
+    if noise_scale:
+      # |G_small|^2: mean over devices and groups of each group's own mean gradient;
+      # |G_big|^2: the averaged gradient. Only meaningful on full batches.
+      local_k = batch["mask"].shape[0]
+      g_small = jax.tree.map(lambda g: g / (local_k / groups), group_sums)
+      small_sq = jax.vmap(_tree_sq_norm)(g_small).mean()
+      metrics.update(g_small_sq=jax.lax.pmean(small_sq, DATA), g_big_sq=_tree_sq_norm(grads),
+                     b_small=jnp.float32(local_k // groups), b_big=jnp.float32(local_k * n_dev),
+                     full=(metrics["count"] == local_k * n_dev).astype(jnp.float32))
+    return new_state, metrics
+
+  return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()),
+                       check_vma=False)
+
+
+def make_eval_step(model: nn.Module, mesh: Mesh
+                   ) -> Callable[[Any, Batch], Metrics]:
+  """Sums of loss and correct predictions over a sharded, masked batch (no dropout)."""
+
+  def local_eval(params: Any, batch: Batch) -> Metrics:
+    logits = model.apply({"params": params}, batch["x"], train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    m = batch["mask"]
+    return jax.tree.map(lambda v: jax.lax.psum(v, DATA), dict(
+        loss_sum=jnp.sum(losses * m), correct=jnp.sum(correct * m), count=jnp.sum(m)))
+
+  return jax.shard_map(local_eval, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),
+                       check_vma=False)
+
+
+def batch_plan(n: int, batch_size: int, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """Indices [steps, k] and mask [steps, k] covering all n examples once.
+
+  With a key the order is a fresh permutation; the last partial batch is padded with
+  index 0 and mask 0, so every example is seen exactly once per epoch and none twice.
+  """
+  steps = math.ceil(n / batch_size)
+  order = jnp.arange(n) if key is None else jax.random.permutation(key, n)
+  pad = steps * batch_size - n
+  idx = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)]).reshape(steps, batch_size)
+  mask = (jnp.arange(steps * batch_size) < n).astype(jnp.float32).reshape(steps, batch_size)
+  return idx, mask
+
+
+def make_epoch(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+               mesh: Mesh, batch_size: int) -> Callable[..., tuple[TrainState, Metrics]]:
+  """One epoch as one compiled scan: permutation, gathers and steps stay on device.
+
+  Returns jitted `epoch(state, x, y, data_key, epoch) -> (state, per-step metrics)`;
+  the order depends only on (data_key, epoch), so a resumed run sees the same batches.
+  """
+  batch_sharding = NamedSharding(mesh, P(DATA))
+
+  def epoch(state, x, y, data_key, epoch_index):
+    idx, mask = batch_plan(x.shape[0], batch_size, jax.random.fold_in(data_key, epoch_index))
+
+    def body(state, plan):
+      i, m = plan
+      batch = jax.lax.with_sharding_constraint(dict(x=x[i], y=y[i], mask=m), batch_sharding)
+      return train_step(state, batch)
+
+    return jax.lax.scan(body, state, (idx, mask))
+
+  return jax.jit(epoch, donate_argnums=0)
+
+
+def make_evaluate(eval_step: Callable[[Any, Batch], Metrics], mesh: Mesh,
+                  batch_size: int) -> Callable[[Any, jax.Array, jax.Array], Metrics]:
+  """Jitted `evaluate(params, x, y) -> {loss, accuracy}` over a whole split, in one scan."""
+  batch_sharding = NamedSharding(mesh, P(DATA))
+
+  def evaluate(params, x, y):
+    # Any eval batch gives the same sums; round it to the device count.
+    k = _round_up(min(batch_size, x.shape[0]), mesh.size)
+    idx, mask = batch_plan(x.shape[0], k, None)
+
+    def body(totals, plan):
+      i, m = plan
+      batch = jax.lax.with_sharding_constraint(dict(x=x[i], y=y[i], mask=m), batch_sharding)
+      return jax.tree.map(jnp.add, totals, eval_step(params, batch)), None
+
+    zero = dict(loss_sum=jnp.zeros(()), correct=jnp.zeros(()), count=jnp.zeros(()))
+    totals, _ = jax.lax.scan(body, zero, (idx, mask))
+    return dict(loss=totals["loss_sum"] / totals["count"],
+                accuracy=totals["correct"] / totals["count"])
+
+  return jax.jit(evaluate)
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple

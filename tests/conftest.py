@@ -1,0 +1,37 @@
+"""Eight fake CPU devices for every test, set before anything imports jax.
+
+Tests that mean one device say so with the `mesh1` fixture; data-parallel tests use
+`mesh8`. Subprocess tests (launchers) set their own device count.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from sgdlab import step  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def mesh1():
+  return step.make_mesh(jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def mesh8():
+  assert len(jax.devices()) >= 8, "conftest must set 8 fake CPU devices before jax starts"
+  return step.make_mesh(jax.devices()[:8])
+
+
+def subprocess_env(n_devices: int = 1) -> dict:
+  """Environment for a child python: the repo importable, n fake CPU devices."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
