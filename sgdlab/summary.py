@@ -1,7 +1,14 @@
-"""An experiment's summary: the table of final figures and the overlay of all curves."""
+"""An experiment's summary: the table of final figures, the overlay and the sweep figure.
+
+`rebuild(workdir)` reads every point folder of a results folder and rewrites the
+summary; the launcher calls it when a worker finishes and `python -m sgdlab.report`
+calls it on demand. It runs under a lock and writes atomically, so workers finishing
+together leave the summary of the most complete store, never a torn file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Sequence
@@ -30,8 +37,10 @@ def _cell(key: str, value) -> str:
   return str(value)
 
 
-def table(histories: Sequence[History], failed: Sequence[tuple[str, str]] = ()) -> str:
-  """Markdown table, one row per run; failed runs (name, error) are listed beneath."""
+def table(histories: Sequence[History], failed: Sequence[tuple[str, str]] = (),
+          unfinished: Sequence[tuple[str, str]] = ()) -> str:
+  """Markdown table, one row per run; failed runs (name, error) and unfinished ones
+  (name, status) are listed beneath."""
   lines = ["| " + " | ".join(h for h, _ in _COLUMNS) + " |",
            "|" + "|".join("---" for _ in _COLUMNS) + "|"]
   for h in histories:
@@ -39,18 +48,74 @@ def table(histories: Sequence[History], failed: Sequence[tuple[str, str]] = ()) 
     lines.append("| " + " | ".join(_cell(k, row[k]) for _, k in _COLUMNS) + " |")
   notes = [f"- {h.name}: {note}" for h in histories for note in h.diagnostics]
   notes += [f"- {name}: FAILED: {error}" for name, error in failed]
+  notes += [f"- {name}: not finished ({state})" for name, state in unfinished]
   if notes:
     lines += ["", "Diagnostics:", *notes]
   return "\n".join(lines) + "\n"
 
 
 def write(workdir: str, histories: Sequence[History], failed: Sequence[tuple[str, str]] = (),
-          title: str = "") -> str:
+          title: str = "", unfinished: Sequence[tuple[str, str]] = ()) -> str:
   """summary.md and overlay.png in the workdir; returns the table."""
   from sgdlab import plots, store
-  text = table(histories, failed)
+  text = table(histories, failed, unfinished)
   store.write_atomic(os.path.join(workdir, "summary.md"),
                      (f"# {title}\n\n" if title else "") + text)
   if histories:
     plots.overlay_figure(histories, os.path.join(workdir, "overlay.png"), title=title)
+  return text
+
+
+@dataclasses.dataclass
+class Store:
+  """What a results folder holds: finished runs, failed points, unfinished points."""
+
+  histories: list[History]
+  failed: list[tuple[str, str]]  # (run name, error)
+  unfinished: list[tuple[str, str]]  # (run name, status: running | missing)
+
+
+def _sort_key(h: History):
+  c = h.config
+  k = c.get("batch_size")
+  return (-(k if isinstance(k, (int, float)) else 0), -float(c.get("learning_rate") or 0),
+          float(c.get("lr_decay") or 0), c.get("seed") or 0, h.name)
+
+
+def read_store(workdir: str) -> Store:
+  """Every point folder of `workdir`, finished runs ordered by k, then lr (both falling)."""
+  from sgdlab import config as config_lib
+  from sgdlab import store
+  histories, failed, unfinished = [], [], []
+  for point_dir in store.point_dirs(workdir):
+    state = store.status(point_dir)
+    label = os.path.basename(point_dir)
+    try:
+      label = config_lib.run_name(config_lib.from_dict(store.read_json(
+          os.path.join(point_dir, "config.json"))))
+    except Exception:  # an unreadable config still gets a line, under its folder name
+      pass
+    if state["status"] in store.FINISHED:
+      try:
+        histories.append(store.load_history(point_dir))
+      except (OSError, ValueError) as e:
+        failed.append((label, f"unreadable history.json ({e})"))
+    elif state["status"] == "failed":
+      failed.append((label, state.get("error", "")))
+    else:
+      unfinished.append((label, state["status"]))
+  histories.sort(key=_sort_key)
+  return Store(histories, failed, unfinished)
+
+
+def rebuild(workdir: str, title: str = "") -> str:
+  """Rewrite summary.md, overlay.png and sweep.png from the store; returns the table."""
+  from sgdlab import sweep_plots, store
+  title = title or os.path.basename(os.path.abspath(workdir))
+  with store.locked(workdir):
+    found = read_store(workdir)
+    text = write(workdir, found.histories, found.failed, title=title,
+                 unfinished=found.unfinished)
+    if found.histories:
+      sweep_plots.sweep_figure(found.histories, os.path.join(workdir, "sweep.png"), title=title)
   return text

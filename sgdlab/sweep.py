@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from sgdlab import config as config_lib
+from sgdlab import store
 from sgdlab.errors import ConfigError
 
 # Short names for the fields a batch-size study varies, used in readable point ids.
@@ -71,10 +72,10 @@ def set_field(config: ml_collections.ConfigDict, path: str, value: Any, *, where
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-  """Hash of everything that changes results (the display name does not)."""
+  """Hash of everything that changes results (the display name, checkpointing do not)."""
   d = config_lib.to_dict(config)
-  d.pop("name", None)
-  d.pop("sweep", None)
+  for field in store.NON_RESULT_FIELDS:
+    d.pop(field, None)
   blob = json.dumps(d, sort_keys=True, default=str)
   return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -123,3 +124,12 @@ def expand(config: ml_collections.ConfigDict) -> list[Point]:
     point_id = f"{_readable(overrides)}-{digest}"
     out.append(Point(index=len(out), id=point_id, overrides=overrides, config=resolved))
   return out
+
+
+def share(points: list[Point], worker_index: int, num_workers: int) -> list[Point]:
+  """This worker's points: every num_workers-th, starting at worker_index.
+
+  Deterministic from the sweep alone, and round-robin over an order that varies k
+  slowest, so every worker gets a mix of cheap and costly points.
+  """
+  return points[worker_index::num_workers]

@@ -80,8 +80,21 @@ def build_program(config: ml_collections.ConfigDict, spec: data.DataSpec | data.
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Place host arrays on every device of the mesh (data and state are replicated)."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Place host arrays on every device of the mesh (data and state are replicated).
+
+  In a multi-process run each process holds the whole value and fills only its own
+  devices; the compiled epoch then gathers every global batch sharded over the mesh,
+  so each device materializes just its own slice of each batch.
+  """
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
 
 
 def prepare(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
@@ -99,17 +112,19 @@ def prepare(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
 
 
 def train(config: ml_collections.ConfigDict, *, dataset: data.Dataset | None = None,
-          mesh: Mesh | None = None) -> History:
-  """Train one run to the end (or to divergence) and return its History."""
+          mesh: Mesh | None = None, checkpoint_dir: str | None = None) -> History:
+  """Train one run to the end (or to divergence) and return its History.
+
+  With `checkpoint_dir` and `config.checkpoint_every_epochs` > 0 the run checkpoints
+  every N epochs and after the last, and first continues from the newest readable
+  checkpoint there: the result is bitwise the one of an uninterrupted run.
+  """
   config, dataset, mesh = prepare(config, mesh, dataset)
   program = build_program(config, dataset, mesh)
-  name = config_lib.run_name(config)
-  k = int(config.batch_size)
-
   x_train, y_train, x_test, y_test = replicate(
       (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), mesh)
   state = replicate(program.init_state(), mesh)
-  data_key = replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
+  data_key = replicate(data_order_key(config), mesh)
 
   t0 = time.perf_counter()
   epoch_fn = program.epoch_fn().lower(state, x_train, y_train, data_key,
@@ -117,41 +132,80 @@ def train(config: ml_collections.ConfigDict, *, dataset: data.Dataset | None = N
   evaluate = program.evaluate_fn().lower(state.params, x_test, y_test).compile()
   compile_time = time.perf_counter() - t0
 
-  history = History(name=name, config=config_lib.to_dict(config), compile_time=compile_time)
+  history = History(name=config_lib.run_name(config), config=config_lib.to_dict(config),
+                    compile_time=compile_time)
   ema = noise.NoiseEMA(config.noise_ema) if config.noise_scale else None
-  for epoch in range(config.num_epochs):
+  saver, first_epoch = None, 0
+  if checkpoint_dir and config.checkpoint_every_epochs:
+    from sgdlab import checkpoint  # orbax only for runs that checkpoint
+    saver = checkpoint.Checkpointer(checkpoint_dir, config.checkpoint_every_epochs)
+    restored = saver.restore(state)
+    if restored is not None:
+      state, first_epoch = restored.state, restored.epoch
+      checkpoint.resume_history(history, restored, ema)
+      logging.info("%s | resumed from the checkpoint at epoch %d", history.name, first_epoch)
+  for epoch in range(first_epoch, config.num_epochs):
     start = time.perf_counter()
     steps_before = int(state.step)
     state, step_metrics = epoch_fn(state, x_train, y_train, data_key, jnp.int32(epoch))
     step_metrics = jax.device_get(step_metrics)  # blocks: one sync per epoch
     diverged_at = int(state.diverged_at)
     if diverged_at >= 0:
-      kept = diverged_at - steps_before + 1  # up to and including the failing step
-      _append_steps(history, {key: v[:kept] for key, v in step_metrics.items()}, ema)
-      history.diverged = f"diverged at step {diverged_at + 1} (epoch {epoch + 1})"
-      logging.warning("%s | %s", name, history.diverged)
+      record_divergence(history, step_metrics, epoch=epoch, steps_before=steps_before,
+                        diverged_at=diverged_at, ema=ema)
       break
     test = jax.device_get(evaluate(state.params, x_test, y_test))
-    wall = time.perf_counter() - start
-    _append_steps(history, step_metrics, ema)
-    row = dict(epoch=epoch + 1, **metrics.epoch_means(step_metrics),
-               test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
-               lr=float(step_metrics["lr"][-1]), wall_time=wall,
-               examples_per_sec=dataset.n_train / wall)
-    if ema is not None:
-      row["grad_sq"], row["trace_sigma"], row["noise_scale"] = ema.values()
-    for key, value in row.items():
-      history.epochs.setdefault(key, []).append(value)
-    logging.info("%s | epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
-                 "lr %.4g | %.2fs %.0f ex/s%s", name, epoch + 1, config.num_epochs,
-                 row["train_loss"], row["train_accuracy"], row["test_loss"],
-                 row["test_accuracy"], row["lr"], wall, row["examples_per_sec"],
-                 f" | B_simple {row['noise_scale']:.1f}" if ema is not None else "")
+    record_epoch(history, config, epoch, step_metrics, test, wall=time.perf_counter() - start,
+                 n_train=dataset.n_train, ema=ema)
+    if saver is not None and saver.due(epoch + 1, config.num_epochs):
+      saver.save(epoch + 1, state, history)
+  if saver is not None:
+    saver.close()
+  return finish(history, config, state)
 
+
+def data_order_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The key of a run's batch order: (key, epoch) -> permutation; derives from the seed."""
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+
+
+def record_divergence(history: History, step_metrics: dict[str, np.ndarray], *, epoch: int,
+                      steps_before: int, diverged_at: int,
+                      ema: noise.NoiseEMA | None) -> None:
+  """Keep the epoch's steps up to and including the failing one; no epoch row."""
+  kept = diverged_at - steps_before + 1
+  _append_steps(history, {key: v[:kept] for key, v in step_metrics.items()}, ema)
+  history.diverged = f"diverged at step {diverged_at + 1} (epoch {epoch + 1})"
+  logging.warning("%s | %s", history.name, history.diverged)
+
+
+def record_epoch(history: History, config: ml_collections.ConfigDict, epoch: int,
+                 step_metrics: dict[str, np.ndarray], test: dict[str, Any], *, wall: float,
+                 n_train: int, ema: noise.NoiseEMA | None) -> None:
+  """Append a finished epoch: its steps, its row of means and test figures, one log line."""
+  _append_steps(history, step_metrics, ema)
+  row = dict(epoch=epoch + 1, **metrics.epoch_means(step_metrics),
+             test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
+             lr=float(step_metrics["lr"][-1]), wall_time=wall, examples_per_sec=n_train / wall)
+  if ema is not None:
+    row["grad_sq"], row["trace_sigma"], row["noise_scale"] = ema.values()
+  for key, value in row.items():
+    history.epochs.setdefault(key, []).append(value)
+  logging.info("%s | epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
+               "lr %.4g | %.2fs %.0f ex/s%s", history.name, epoch + 1, config.num_epochs,
+               row["train_loss"], row["train_accuracy"], row["test_loss"],
+               row["test_accuracy"], row["lr"], wall, row["examples_per_sec"],
+               f" | B_simple {row['noise_scale']:.1f}" if ema is not None else "")
+
+
+def finish(history: History, config: ml_collections.ConfigDict,
+           state: step.TrainState) -> History:
+  """Diagnostics from the whole curve, and the final state."""
   history.diagnostics = metrics.diagnose(history.epochs, diverged=history.diverged,
-                                         batch_size=k, learning_rate=config.learning_rate)
+                                         batch_size=int(config.batch_size),
+                                         learning_rate=config.learning_rate)
   for note in history.diagnostics:
-    logging.info("%s | %s", name, note)
+    logging.info("%s | %s", history.name, note)
   history.state = state
   return history
 
