@@ -4,27 +4,82 @@ B_simple = tr(Sigma) / |G|^2, with Sigma the per-example gradient covariance and
 true gradient, predicts the critical batch size: below it doubling k halves the steps
 to a target, above it returns diminish.
 
-The online estimate (their Appendix A.1) uses two batch sizes that the data-parallel
-step already has: B_small (one device's shard, or half the batch on one device) and
-B_big (the global batch). Since E|G_B|^2 = |G|^2 + tr(Sigma) / B,
-  |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
-  tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
-are unbiased; each is averaged (EMA) on its own and B_simple is their ratio, since
-the ratio of noisy estimates is biased.
+Three ways to get at it, from cheap to exact:
+* Online, during training (their Appendix A.1), from the two batch sizes the
+  data-parallel step already has: B_small (one device's shard, or half the batch on
+  one device) and B_big (the global batch). Since E|G_B|^2 = |G|^2 + tr(Sigma) / B,
+    |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
+  are unbiased; each is averaged (EMA) on its own and B_simple is their ratio, since
+  the ratio of noisy estimates is biased. `online_estimates`, `NoiseEMA`.
+* The same estimate at FIXED parameters, averaged over many batches: the train step
+  is run and its update thrown away (`online_at_fixed_params`).
+* Exact, from per-example gradients over a whole dataset (`exact`).
+
+Batches drawn without replacement from n examples (an epoch's permutation) have
+E|G_B|^2 = |G|^2 + tr(Sigma) (n - B) / (B (n - 1)), so the raw formulas above give
+tr(Sigma) n / (n - 1) and |G|^2 - tr(Sigma) / (n - 1): the second is off by
+B_simple / (n - 1) relative, which matters once B_simple nears the dataset size.
+Passing n_population removes both biases.
+
+`fit_steps` fits their model of steps to a target, S = S_min (1 + B_noise / k).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sgdlab import step as step_lib
+
+# (params, x, y) for ONE example (no batch axis) -> scalar loss.
+ExampleLoss = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+_CHUNK_BYTES = 256 << 20  # per-example gradients held at once by `exact`
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseStats:
+  """|G|^2 and tr(Sigma) at one point in parameter space, and their ratio."""
+
+  grad_sq: float
+  trace_sigma: float
+  count: int  # examples (exact) or batches (online) behind the figures
+  grad_sq_se: float = math.nan  # standard errors of the mean over batches (online only)
+  trace_sigma_se: float = math.nan
+
+  @property
+  def b_simple(self) -> float:
+    return self.trace_sigma / self.grad_sq if self.grad_sq > 0 else math.inf
+
+
+# ------------------------------------------------------------------------------ online
 
 
 def online_estimates(g_small_sq: np.ndarray, g_big_sq: np.ndarray, b_small: np.ndarray,
-                     b_big: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Unbiased per-step estimates (|G|^2, tr(Sigma)) from the two batch sizes."""
+                     b_big: np.ndarray, *, n_population: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Unbiased per-step estimates (|G|^2, tr(Sigma)) from the two batch sizes.
+
+  n_population: the dataset size when batches are drawn without replacement from it;
+  None treats the data as infinite (the formulas of McCandlish et al.).
+  """
   g_small_sq, g_big_sq = np.asarray(g_small_sq, np.float64), np.asarray(g_big_sq, np.float64)
   b_small, b_big = np.asarray(b_small, np.float64), np.asarray(b_big, np.float64)
   grad_sq = (b_big * g_big_sq - b_small * g_small_sq) / (b_big - b_small)
   trace = (g_small_sq - g_big_sq) / (1.0 / b_small - 1.0 / b_big)
+  if n_population is not None:
+    grad_sq = grad_sq + trace / n_population
+    trace = trace * (n_population - 1) / n_population
   return grad_sq, trace
 
 
@@ -56,3 +111,188 @@ class NoiseEMA:
     correction = 1 - self.decay ** self.n
     g, t = self.grad_sq / correction, self.trace / correction
     return g, t, (t / g if g > 0 else float("inf"))
+
+
+def ema_curve(grad_sq: Sequence[float], trace: Sequence[float], decay: float) -> np.ndarray:
+  """B_simple after every step, as NoiseEMA reports it (NaN until the first estimate)."""
+  ema, out = NoiseEMA(decay), []
+  for g, t in zip(grad_sq, trace):
+    ema.update(np.asarray([g]), np.asarray([t]))
+    out.append(ema.values()[2])
+  return np.asarray(out)
+
+
+def online_at_fixed_params(train_step: Callable, mesh: Mesh, state: step_lib.TrainState,
+                           x: np.ndarray | jax.Array, y: np.ndarray | jax.Array, *,
+                           batch_size: int, num_batches: int, seed: int = 0,
+                           n_population: int | None = None) -> NoiseStats:
+  """The online estimate at the parameters of `state`, averaged over many batches.
+
+  `train_step` is the step built with noise_scale=True (Program.train_step); it is run
+  on `num_batches` full batches drawn epoch by epoch without replacement, and every
+  update is discarded, so all batches see the same parameters. One compiled scan:
+  no per-step dispatch (see sgdlab.step on multi-device loops on CPU).
+  """
+  n = int(x.shape[0])
+  if not 1 <= batch_size <= n:
+    raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the examples given)")
+  if num_batches < 1:
+    raise ValueError(f"num_batches {num_batches} must be >= 1")
+  replicated = NamedSharding(mesh, P())
+  x, y, state = jax.device_put((x, y, state), replicated)
+  key = jax.device_put(jax.random.PRNGKey(seed), replicated)
+  out = jax.device_get(_fixed_params_norms(train_step, mesh, batch_size, num_batches,
+                                           state, x, y, key))
+  grad_sq, trace = online_estimates(out["g_small_sq"], out["g_big_sq"], out["b_small"],
+                                    out["b_big"], n_population=n_population)
+  se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+  return NoiseStats(float(np.mean(grad_sq)), float(np.mean(trace)), num_batches,
+                    se(grad_sq), se(trace))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _fixed_params_norms(train_step, mesh, batch_size, num_batches, state, x, y, key):
+  n = x.shape[0]
+  per_epoch = n // batch_size
+  epochs = -(-num_batches // per_epoch)
+
+  def plan(e):
+    order = jax.random.permutation(jax.random.fold_in(key, e), n)
+    return order[:per_epoch * batch_size].reshape(per_epoch, batch_size)
+
+  idx = jax.vmap(plan)(jnp.arange(epochs)).reshape(-1, batch_size)[:num_batches]
+  batch_sharding = NamedSharding(mesh, P(step_lib.DATA))
+
+  def body(_, args):
+    i, t = args
+    batch = dict(x=x[i], y=y[i], mask=jnp.ones((batch_size,), jnp.float32))
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    # A fresh step count per batch gives fresh dropout masks; the update is dropped.
+    _, m = train_step(state.replace(step=state.step + t), batch)
+    return None, {k: m[k] for k in ("g_small_sq", "g_big_sq", "b_small", "b_big")}
+
+  _, out = jax.lax.scan(body, None, (idx, jnp.arange(num_batches, dtype=jnp.int32)))
+  return out
+
+
+# ------------------------------------------------------------------------------- exact
+
+
+def classifier_loss(model: nn.Module) -> ExampleLoss:
+  """Softmax cross-entropy of one example, as the train step computes it (no dropout)."""
+
+  def loss(params, x, y):
+    logits = model.apply({"params": params}, x[None], train=False)[0]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+  return loss
+
+
+def exact(loss_fn: ExampleLoss, params: Any, x: np.ndarray | jax.Array,
+          y: np.ndarray | jax.Array, *, chunk_size: int | None = None) -> NoiseStats:
+  """|G|^2, tr(Sigma) and B_simple over the whole dataset (x, y) at `params`.
+
+  Sigma = (1/n) sum_i (g_i - G)(g_i - G)^T is the covariance of the n per-example
+  gradients g_i, so tr(Sigma) = (1/n) sum_i |g_i - G|^2. Two passes: G from ordinary
+  batched gradients, then per-example gradients (vmap) in chunks of chunk_size, each
+  compared with G before the next chunk is formed. Subtracting G first avoids the
+  float32 cancellation of mean |g_i|^2 - |G|^2 when the noise is small. Chunk sums
+  add up on the host in float64. The default chunk holds ~256 MiB of gradients.
+  Compiled code is reused across calls with the same loss_fn object and shapes.
+  """
+  n = int(x.shape[0])
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  if chunk_size is None:
+    chunk_size = max(1, min(n, _CHUNK_BYTES // (4 * max(n_params, 1))))
+  chunks = -(-n // chunk_size)
+  pad = chunks * chunk_size - n
+  split = lambda a: np.concatenate([np.asarray(a), np.zeros((pad, *a.shape[1:]), a.dtype)]
+                                   ).reshape(chunks, chunk_size, *a.shape[1:])
+  xs, ys = split(x), split(y)
+  ms = (np.arange(chunks * chunk_size) < n).astype(np.float32).reshape(chunks, chunk_size)
+
+  sums = jax.device_get(_chunk_grad_sums(loss_fn, params, xs, ys, ms))
+  mean = jax.tree.map(lambda s: np.sum(np.asarray(s, np.float64), axis=0) / n, sums)
+  grad_sq = float(sum(np.sum(np.square(m)) for m in jax.tree.leaves(mean)))
+  mean32 = jax.tree.map(lambda m: np.asarray(m, np.float32), mean)
+  dev = np.asarray(jax.device_get(_chunk_deviation_sums(loss_fn, params, mean32, xs, ys, ms)),
+                   np.float64)
+  return NoiseStats(grad_sq, float(np.sum(dev) / n), n)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_grad_sums(loss_fn, params, xs, ys, ms):
+  """Per chunk, the gradient of the masked loss sum: [chunks, ...] per leaf."""
+  def chunk(args):
+    xc, yc, mc = args
+    total = lambda p: jnp.sum(jax.vmap(loss_fn, in_axes=(None, 0, 0))(p, xc, yc) * mc)
+    return jax.grad(total)(params)
+  return jax.lax.map(chunk, (xs, ys, ms))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_deviation_sums(loss_fn, params, mean_grad, xs, ys, ms):
+  """Per chunk, sum_i |g_i - G|^2 over its real examples: [chunks]."""
+  per_example = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))
+
+  def chunk(args):
+    xc, yc, mc = args
+    g = per_example(params, xc, yc)
+    sq = sum(jnp.sum(jnp.square(a - b[None]).reshape(a.shape[0], -1), axis=1)
+             for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(mean_grad)))
+    return jnp.sum(sq * mc)
+  return jax.lax.map(chunk, (xs, ys, ms))
+
+
+# --------------------------------------------------------------------------------- fit
+
+
+@dataclasses.dataclass(frozen=True)
+class StepsFit:
+  """S(k) = s_min (1 + b_noise / k); e_min = s_min * b_noise examples at small k."""
+
+  s_min: float
+  b_noise: float
+  rms_log_error: float  # root mean square of log(S_measured / S_fit)
+
+  @property
+  def e_min(self) -> float:
+    return self.s_min * self.b_noise
+
+  def steps(self, k: np.ndarray | float) -> np.ndarray:
+    return self.s_min * (1.0 + self.b_noise / np.asarray(k, np.float64))
+
+
+def fit_steps(batch_sizes: Sequence[float], steps: Sequence[float]) -> StepsFit:
+  """Least squares in log S of S = S_min (1 + B_noise / k), over the finite points.
+
+  Log space because S spans decades and each point's error is relative. For a given
+  B_noise the best log S_min is a mean, so only B_noise is searched: a log grid over
+  six decades around the measured k, then golden-section refinement.
+  """
+  k = np.asarray(batch_sizes, np.float64)
+  s = np.asarray(steps, np.float64)
+  ok = np.isfinite(s) & (s > 0) & (k > 0)
+  k, log_s = k[ok], np.log(s[ok])
+  if len(k) < 2 or len(np.unique(k)) < 2:
+    raise ValueError("fit_steps needs at least two distinct batch sizes that reached the target")
+
+  def solve(log_b):
+    shape = np.log1p(np.exp(log_b) / k)
+    log_s_min = np.mean(log_s - shape)
+    return float(np.mean(np.square(log_s - log_s_min - shape))), log_s_min
+
+  lo, hi = math.log(k.min()) - 3 * math.log(10), math.log(k.max()) + 3 * math.log(10)
+  grid = np.linspace(lo, hi, 601)
+  i = int(np.argmin([solve(g)[0] for g in grid]))
+  a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+  ratio = (math.sqrt(5) - 1) / 2
+  for _ in range(80):
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    if solve(c)[0] < solve(d)[0]:
+      b = d
+    else:
+      a = c
+  log_b = (a + b) / 2
+  mse, log_s_min = solve(log_b)
+  return StepsFit(float(math.exp(log_s_min)), float(math.exp(log_b)), math.sqrt(mse))

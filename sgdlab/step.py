@@ -76,20 +76,43 @@ def _tree_sq_norm(tree: Any) -> jax.Array:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]))
+  """True iff every element is finite, as one matrix-vector product with zeros per leaf.
+
+  x * 0 is 0 for finite x and NaN for +-inf or NaN, and a sum of zeros cannot overflow,
+  so this is exactly all(isfinite). On XLA CPU the isfinite reductions cost ~10% of a
+  k=32 MLP step; the products are nearly free (experiments/benchmark_throughput.py).
+  """
+  total = jnp.zeros((), jnp.float32)
+  for g in jax.tree.leaves(tree):
+    m = g.reshape(g.shape[0], -1) if g.ndim > 1 else g.reshape(1, -1)
+    zeros = jnp.zeros((m.shape[1],), m.dtype)
+    total += jnp.sum(jnp.matmul(m, zeros, precision="highest")).astype(jnp.float32)
+  return jnp.isfinite(total)
+
+
+# On a 1-device mesh XLA CPU still runs every all-reduce (a copy of each gradient per
+# step, ~9% of a k=32 MLP step), so the collectives below skip it when there is no
+# one to reduce with.
+def _psum(x: Any) -> Any:
+  return x if jax.lax.axis_size(DATA) == 1 else jax.lax.psum(x, DATA)
+
+
+def _pmean(x: Any) -> Any:
+  return x if jax.lax.axis_size(DATA) == 1 else jax.lax.pmean(x, DATA)
 
 
 def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
                      groups: int | None) -> tuple[Any, Metrics, Any]:
   """Inside shard_map: this device's gradient sum, then the global mean gradient.
 
-  Returns (mean gradient over the global batch's real examples, metrics, per-group
-  gradient sums [groups, ...], or None when groups is None). Masked (padding) examples contribute nothing,
-  so a partial last batch is an honest mean over fewer examples, as in Keras.
+  Returns (mean gradient over the global batch's real examples, metrics, squared norms
+  of the per-group gradient sums [groups], or None when groups is None). Masked (padding)
+  examples contribute nothing, so a partial last batch is an honest mean over fewer
+  examples, as in Keras.
   """
   n_dev = jax.lax.psum(1, DATA)
   mask = batch["mask"]
-  count = jax.lax.psum(jnp.sum(mask), DATA)
+  count = _psum(jnp.sum(mask))
 
   def loss_sum(params, x, y, m, rng):
     logits = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
@@ -98,24 +121,28 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
     return jnp.sum(losses * m), jnp.sum(correct * m)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
-  group_sums = None
+  group_sq = None
   if groups is None:
     (l_sum, c_sum), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
   else:
-    split = lambda a: a.reshape((groups, -1, *a.shape[1:]))
-    (l_sums, c_sums), group_sums = jax.vmap(grad_fn, in_axes=(None, 0, 0, 0, 0))(
-        params, split(batch["x"]), split(batch["y"]), split(mask), jax.random.split(rng, groups))
-    l_sum, c_sum = jnp.sum(l_sums), jnp.sum(c_sums)
-    g_sum = jax.tree.map(lambda g: jnp.sum(g, 0), group_sums)
+    # A loop, not vmap: vmap makes every weight-gradient matmul a batched dot, which
+    # XLA CPU runs far slower (k=32 MLP epoch: 15x; experiments/benchmark_noise_overhead.py).
+    size, rngs = mask.shape[0] // groups, jax.random.split(rng, groups)
+    part = lambda a, i: a[i * size:(i + 1) * size]
+    outs = [grad_fn(params, part(batch["x"], i), part(batch["y"], i), part(mask, i), rngs[i])
+            for i in range(groups)]
+    l_sum, c_sum = sum(o[0][0] for o in outs), sum(o[0][1] for o in outs)
+    group_sq = jnp.stack([_tree_sq_norm(o[1]) for o in outs])
+    g_sum = jax.tree.map(lambda *g: sum(g[1:], g[0]), *(o[1] for o in outs))
 
   # Weighting each device's gradient by n_dev / count makes the pmean the mean over all
   # real examples; with a full batch this is exactly pmap's pmean of per-device mean
   # gradients.
   weight = n_dev / jnp.maximum(count, 1.0)
-  grads = jax.tree.map(lambda g: jax.lax.pmean(g * weight, DATA), g_sum)
-  metrics = dict(loss=jax.lax.psum(l_sum, DATA) / jnp.maximum(count, 1.0),
-                 correct=jax.lax.psum(c_sum, DATA), count=count)
-  return grads, metrics, group_sums
+  grads = jax.tree.map(lambda g: _pmean(g * weight), g_sum)
+  metrics = dict(loss=_psum(l_sum) / jnp.maximum(count, 1.0), correct=_psum(c_sum),
+                 count=count)
+  return grads, metrics, group_sq
 
 
 def make_grad_fn(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], Any]:
@@ -150,8 +177,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
     dev = jax.lax.axis_index(DATA)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), dev)
     # With noise_scale, per-group sums even with one group: the local gradient is needed.
-    grads, metrics, group_sums = _local_gradients(model, state.params, batch, rng,
-                                                  groups if noise_scale else None)
+    grads, metrics, group_sq = _local_gradients(model, state.params, batch, rng,
+                                                groups if noise_scale else None)
 
     lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
     direction, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -170,9 +197,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
       # |G_small|^2: mean over devices and groups of each group's own mean gradient;
       # |G_big|^2: the averaged gradient. Only meaningful on full batches.
       local_k = batch["mask"].shape[0]
-      g_small = jax.tree.map(lambda g: g / (local_k / groups), group_sums)
-      small_sq = jax.vmap(_tree_sq_norm)(g_small).mean()
-      metrics.update(g_small_sq=jax.lax.pmean(small_sq, DATA), g_big_sq=_tree_sq_norm(grads),
+      small_sq = jnp.mean(group_sq) / jnp.float32(local_k / groups) ** 2
+      metrics.update(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
                      b_small=jnp.float32(local_k // groups), b_big=jnp.float32(local_k * n_dev),
                      full=(metrics["count"] == local_k * n_dev).astype(jnp.float32))
     return new_state, metrics
@@ -190,7 +216,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
     correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
     m = batch["mask"]
-    return jax.tree.map(lambda v: jax.lax.psum(v, DATA), dict(
+    return jax.tree.map(_psum, dict(
         loss_sum=jnp.sum(losses * m), correct=jnp.sum(correct * m), count=jnp.sum(m)))
 
   return jax.shard_map(local_eval, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),

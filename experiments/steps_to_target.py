@@ -1,0 +1,457 @@
+r"""Steps to a target versus batch size k, with the gradient noise scale beside it.
+
+  python experiments/steps_to_target.py --workdir=runs/steps_to_target
+
+For k = 1, 2, 4, ... and the whole training set, SGD with a constant lr trains the MLP
+784-512-512-10 on the 4,000 bundled MNIST training digits until the test accuracy
+first reaches 0.9 (checked after steps 1..20, then every ~5% more steps). The lr is
+tuned per k on a grid of factor sqrt(2): starting from the best lr of the previous k,
+the grid grows up or down until the best lr has a worse (or diverging) neighbour on
+both sides; a run stops as soon as it needs more steps than the best so far at its k.
+Each step sees k fresh examples (full batches only, a new permutation per epoch).
+
+It shows the regimes of Shallue et al. (2018), perfect scaling (doubling k halves the
+steps), diminishing returns and no gain at all, as this data and model give them, and
+fits McCandlish et al.'s S = S_min (1 + B_noise / k) to the measured points. Next to
+the fitted B_noise it measures the simple noise scale B_simple = tr(Sigma) / |G|^2:
+online during an ordinary training run at k = 256 (config.noise_scale=True, the tuned
+lr, 4x its steps to target), and at checkpoints of that run both exactly
+(per-example gradients over all 4,000 digits) and by the online estimator averaged
+over 400 batches at the checkpoint's parameters.
+
+Writes to the workdir: results.json (every run), table.md, steps_to_target.png,
+noise_scale.png. Deterministic: a rerun gives the same table. Measured on 2 CPU cores
+(shared with other jobs): 4.6 to 7.4 minutes wall, 190 to 231 s CPU. Larger settings:
+  --config.data.dir=/path/to/idx  full MNIST (60k): raise steps_to_target.max_examples
+  --config.steps_to_target.target=0.95, or .metric=train_loss --config.steps_to_target.target=0.1
+  --config.steps_to_target.batch_sizes="(8, 64, 512)"  a subset of k only
+  --config.optimizer.name=momentum, --config.schedule.name=cosine (decay length from
+    num_epochs), --config.model.hidden="(128,)" work as in sgdlab.launch configs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sgdlab import config as config_lib
+from sgdlab import data, noise, step, trainer
+from sgdlab.errors import ConfigError
+
+METRICS = ("test_accuracy", "train_loss")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The defaults the module docstring describes; override with --config.field=value."""
+  c = config_lib.default_config()
+  c.model.name, c.model.hidden, c.model.dropout = "mlp", (512, 512), 0.0
+  c.optimizer.name = "sgd"
+  c.schedule.name = "constant"
+  c.lr_decay = 0.0
+  c.learning_rate = 0.01  # the first lr tried at the smallest k
+  c.num_epochs = 100  # only read by schedules that need a length (cosine)
+  c.steps_to_target = ml_collections.ConfigDict(dict(
+      batch_sizes=(),  # () = 1, 2, 4, ... below the training set size, and the set size
+      metric="test_accuracy",  # test_accuracy (reach >= target) or train_loss (<= target)
+      target=0.9,
+      lr_factor=2 ** 0.5,  # grid spacing
+      max_lrs=6,  # runs per k at most
+      max_steps=30_000,  # per run
+      max_examples=3_000_000,  # per run; with max_steps, the budget for one (k, lr)
+      eval_growth=1.05,  # check the metric when the step count has grown by this factor
+      noise_batch_size=256,  # k of the online noise-scale run (one device: B_small = k/2)
+      noise_length=4.0,  # that run's length, in multiples of its k's steps to target
+      noise_checkpoints=4,  # checkpoints of that run with exact and fixed-params B_simple
+      noise_fixed_batches=400,  # batches averaged at each checkpoint
+  ))
+  return c
+
+
+# ------------------------------------------------------------------- validation
+
+
+def batch_sizes(config: ml_collections.ConfigDict, n_train: int) -> list[int]:
+  ks = tuple(config.steps_to_target.batch_sizes)
+  if not ks:
+    ks = [2 ** i for i in range(int(math.log2(n_train)) + 1) if 2 ** i < n_train] + [n_train]
+  return sorted({int(k) for k in ks})
+
+
+def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> None:
+  """ConfigError for anything that cannot run, before any compile."""
+  config_lib.validate(config)
+  s = config.steps_to_target
+  if s.metric not in METRICS:
+    raise ConfigError("steps_to_target.metric", s.metric, f"one of {list(METRICS)}")
+  if not (isinstance(s.target, (int, float)) and math.isfinite(s.target)):
+    raise ConfigError("steps_to_target.target", s.target, "a finite number")
+  if s.metric == "test_accuracy" and not 0 < s.target <= 1:
+    raise ConfigError("steps_to_target.target", s.target, "an accuracy in (0, 1]")
+  if s.noise_length <= 0:
+    raise ConfigError("steps_to_target.noise_length", s.noise_length, "a number > 0")
+  if s.lr_factor <= 1:
+    raise ConfigError("steps_to_target.lr_factor", s.lr_factor, "a number > 1")
+  if s.eval_growth <= 1:
+    raise ConfigError("steps_to_target.eval_growth", s.eval_growth, "a number > 1")
+  for field in ("max_lrs", "max_steps", "max_examples", "noise_fixed_batches"):
+    if int(s[field]) < 1:
+      raise ConfigError(f"steps_to_target.{field}", s[field], "an integer >= 1")
+  if s.noise_batch_size < 2 or s.noise_batch_size % 2:
+    raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
+                      "an even integer >= 2 (one device splits the batch in two)")
+  if n_train is not None:
+    bad = [k for k in batch_sizes(config, n_train) if not 1 <= k <= n_train]
+    if bad:
+      raise ConfigError("steps_to_target.batch_sizes", tuple(s.batch_sizes),
+                        f"sizes in [1, {n_train}] (the training set)")
+    if s.noise_batch_size > n_train:
+      raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
+                        f"at most the training set size {n_train}")
+
+
+# ------------------------------------------------------------------ steps to target
+
+
+def make_runner(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k: int):
+  """A compiled `run(learning_rate, limit) -> (steps or None, status)` for one k.
+
+  The whole run is one `lax.while_loop` around the sgdlab train step: a step, and at
+  the scheduled step counts an evaluation of the target metric, until the target, the
+  limit (steps) or divergence. lr lives in the state, so one compile serves every lr.
+  """
+  s = config.steps_to_target
+  c = config.copy_and_resolve_references()
+  c.batch_size = k
+  program = trainer.build_program(c, dataset, mesh)
+  n = dataset.n_train
+  per_epoch = n // k  # full batches only: every step sees exactly k examples
+  evaluate = program.evaluate_fn()
+  x, y, x_test, y_test = trainer.replicate(
+      (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), mesh)
+  x_eval, y_eval = (x_test, y_test) if s.metric == "test_accuracy" else (x, y)
+  key = trainer.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step.DATA))
+  accuracy = s.metric == "test_accuracy"
+
+  def run(state, x, y, x_eval, y_eval, key, limit):
+    def metric(params):
+      out = evaluate(params, x_eval, y_eval)
+      return out["accuracy"] if accuracy else out["loss"]
+
+    def body(carry):
+      state, order, next_eval, reached, last = carry
+      t = state.step
+      pos = t % per_epoch
+      order = jax.lax.cond(pos == 0, lambda: jax.random.permutation(
+          jax.random.fold_in(key, t // per_epoch), n).astype(jnp.int32), lambda: order)
+      i = jax.lax.dynamic_slice(order, (pos * k,), (k,))
+      batch = jax.lax.with_sharding_constraint(
+          dict(x=x[i], y=y[i], mask=jnp.ones((k,), jnp.float32)), sharding)
+      state, _ = program.train_step(state, batch)
+      t1 = state.step
+      check = (t1 >= next_eval) & (state.diverged_at < 0)
+      value = jax.lax.cond(check, metric, lambda p: jnp.float32(jnp.nan), state.params)
+      hit = check & ((value >= s.target) if accuracy else (value <= s.target))
+      grown = jnp.ceil(t1.astype(jnp.float32) * s.eval_growth).astype(jnp.int32)
+      return (state, order, jnp.where(check, jnp.maximum(t1 + 1, grown), next_eval),
+              jnp.where(hit, t1, reached), jnp.where(check, value, last))
+
+    def cond(carry):
+      state, _, _, reached, _ = carry
+      return (state.step < limit) & (reached < 0) & (state.diverged_at < 0)
+
+    carry = (state, jnp.zeros((n,), jnp.int32), jnp.int32(1), jnp.int32(-1),
+             jnp.float32(jnp.nan))
+    state, _, _, reached, last = jax.lax.while_loop(cond, body, carry)
+    return reached, state.diverged_at, state.step, last
+
+  init = trainer.replicate(program.init_state(), mesh)
+  compiled = jax.jit(run).lower(init, x, y, x_eval, y_eval, key, jnp.int32(1)).compile()
+
+  def run_lr(learning_rate: float, limit: int) -> dict[str, Any]:
+    state = init.replace(hparams=dict(init.hparams, learning_rate=jnp.float32(learning_rate)))
+    state = trainer.replicate(state, mesh)
+    start = time.perf_counter()
+    reached, diverged_at, steps, last = jax.device_get(
+        compiled(state, x, y, x_eval, y_eval, key, jnp.int32(limit)))
+    if reached >= 0:
+      status = "reached"
+    elif diverged_at >= 0:
+      status = f"diverged at step {int(diverged_at) + 1}"
+    else:
+      status = f"not reached in {int(steps)} steps (last {s.metric} {float(last):.4f})"
+    return dict(k=k, learning_rate=learning_rate, steps=int(reached) if reached >= 0 else None,
+                status=status, wall_time=time.perf_counter() - start)
+
+  return run_lr
+
+
+def tune_k(run_lr, k: int, base_lr: float, first: int,
+           s: ml_collections.ConfigDict) -> tuple[list[dict], int | None]:
+  """Walk the grid lr = base_lr * lr_factor**j from j = first until the best is bracketed.
+
+  Returns the runs (by lr) and the best j, or None if no lr reached the target.
+  """
+  budget = int(min(s.max_steps, max(1, s.max_examples // k)))
+  runs: dict[int, dict] = {}
+
+  def score(j):
+    return runs[j]["steps"] if runs[j]["steps"] is not None else math.inf
+
+  queue = [first, first + 1]  # the best lr rarely falls as k grows
+  while queue and len(runs) < s.max_lrs:
+    j = queue.pop(0)
+    if j in runs:
+      continue
+    best = min((score(i) for i in runs), default=math.inf)
+    limit = budget if math.isinf(best) else min(budget, int(best) - 1)
+    lr = base_lr * s.lr_factor ** j
+    runs[j] = run_lr(lr, limit) if limit >= 1 else dict(
+        k=k, learning_rate=lr, steps=None, status="skipped", wall_time=0.0)
+    r = runs[j]
+    logging.info("k=%d lr=%.3g: %s%s (%.1fs)", k, lr, r["status"],
+                 f" at step {r['steps']}" if r["steps"] else "", r["wall_time"])
+    if queue:
+      continue
+    js = sorted(runs)
+    best_j = min(js, key=lambda i: (score(i), i))
+    diverged = lambda i: runs[i]["status"].startswith("diverged")
+    if math.isinf(score(best_j)):  # nothing reached: go down if all diverged, else up
+      queue = [js[0] - 1] if all(diverged(i) for i in js) else [js[-1] + 1]
+    elif best_j == js[-1] and not diverged(best_j):
+      queue = [best_j + 1]
+    elif best_j == js[0]:
+      queue = [best_j - 1]
+  js = sorted(runs)
+  reached = [j for j in js if runs[j]["steps"] is not None]
+  best_j = min(reached, key=lambda i: (score(i), i)) if reached else None
+  if queue:
+    logging.warning("k=%d: max_lrs=%d runs did not bracket the best lr; its steps are an "
+                    "upper bound (raise steps_to_target.max_lrs)", k, s.max_lrs)
+  return [runs[j] for j in js], best_j
+
+
+def best_runs(runs: list[dict]) -> dict[int, dict]:
+  out = {}
+  for r in runs:
+    if r["steps"] is None:
+      continue
+    b = out.get(r["k"])
+    if b is None or (r["steps"], r["learning_rate"]) < (b["steps"], b["learning_rate"]):
+      out[r["k"]] = r
+  return out
+
+
+# ------------------------------------------------------------------- noise scale
+
+
+def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k: int,
+              learning_rate: float, steps: int) -> dict[str, Any]:
+  """Ordinary training with noise_scale=True, and exact B_simple at its checkpoints.
+
+  Runs sgdlab.trainer.train for enough epochs to cover `steps`; the checkpoints are
+  the same run stopped after fewer epochs (same seed, so the same trajectory).
+  """
+  s = config.steps_to_target
+  c = config.copy_and_resolve_references()
+  c.batch_size, c.learning_rate, c.noise_scale = k, learning_rate, True
+  steps_per_epoch = math.ceil(dataset.n_train / k)
+  epochs = max(1, math.ceil(steps / steps_per_epoch))
+  c.num_epochs = epochs
+  history = trainer.train(c, dataset=dataset, mesh=mesh)
+  n = dataset.n_train
+  grad_sq, trace = np.asarray(history.steps["grad_sq"]), np.asarray(history.steps["trace_sigma"])
+  # The trainer's estimates treat the data as infinite; correct them for the n examples
+  # that batches are drawn from without replacement (see sgdlab.noise).
+  grad_sq_n, trace_n = grad_sq + trace / n, trace * (n - 1) / n
+  curve = noise.ema_curve(grad_sq_n, trace_n, c.noise_ema)
+  # The ratio of each epoch's mean estimates: no lag, more noise than the EMA.
+  epoch_slices = [slice(i, i + steps_per_epoch) for i in range(0, len(trace_n), steps_per_epoch)]
+  per_epoch = [np.nanmean(trace_n[e]) / np.nanmean(grad_sq_n[e]) for e in epoch_slices]
+
+  ckpt_epochs = sorted({0, *np.unique(np.round(np.geomspace(1, epochs, s.noise_checkpoints))
+                                      .astype(int)).tolist()})
+  program = trainer.build_program(c, dataset, mesh)
+  loss_fn = noise.classifier_loss(program.model)
+  checkpoints = []
+  for e in ckpt_epochs:
+    if e == 0:
+      state = program.init_state()
+    else:
+      c_e = c.copy_and_resolve_references()
+      c_e.num_epochs = e
+      state = history.state if e == epochs else trainer.train(c_e, dataset=dataset,
+                                                              mesh=mesh).state
+    t0 = time.perf_counter()
+    ex = noise.exact(loss_fn, state.params, dataset.x_train, dataset.y_train)
+    t_exact = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    on = noise.online_at_fixed_params(program.train_step, mesh, state, dataset.x_train,
+                                      dataset.y_train, batch_size=k,
+                                      num_batches=s.noise_fixed_batches, seed=e,
+                                      n_population=n)
+    t_online = time.perf_counter() - t0
+    raw_b = (on.trace_sigma * n / (n - 1)) / (on.grad_sq - on.trace_sigma / (n - 1))
+    t = int(state.step)
+    checkpoints.append(dict(
+        epoch=e, step=t, ema_b_simple=float(curve[t - 1]) if t else math.nan,
+        exact_grad_sq=ex.grad_sq,
+        exact_trace_sigma=ex.trace_sigma, exact_b_simple=ex.b_simple,
+        online_grad_sq=on.grad_sq, online_trace_sigma=on.trace_sigma,
+        online_b_simple=on.b_simple, online_b_simple_uncorrected=raw_b,
+        online_grad_sq_se=on.grad_sq_se, online_trace_sigma_se=on.trace_sigma_se,
+        online_batches=on.count, exact_seconds=t_exact, online_seconds=t_online))
+    logging.info("checkpoint epoch %d (step %d): B_simple exact %.1f, online %.1f "
+                 "(uncorrected %.1f)", e, int(state.step), ex.b_simple, on.b_simple, raw_b)
+  return dict(batch_size=k, learning_rate=learning_rate, epochs=epochs, n_train=n,
+              noise_fixed_batches=int(s.noise_fixed_batches),
+              noise_ema=c.noise_ema, step_grad_sq=grad_sq_n.tolist(),
+              step_trace_sigma=trace_n.tolist(), step_b_simple_ema=curve.tolist(),
+              epoch_b_simple_mean=[float(v) for v in per_epoch],
+              epoch_b_simple_trainer=list(history.epochs["noise_scale"]),
+              test_accuracy=list(history.epochs["test_accuracy"]),
+              checkpoints=checkpoints)
+
+
+# ------------------------------------------------------------------------ report
+
+
+def table(ks: list[int], runs: list[dict], best: dict[int, dict], fit) -> str:
+  head = "| k | best lr | steps | examples | fit S(k) | lrs tried (steps) |"
+  rows = [head, "|---:|---:|---:|---:|---:|---|"]
+  for k in ks:
+    tried = ", ".join(f"{r['learning_rate']:.3g} ({r['steps'] if r['steps'] else '-'})"
+                      for r in runs if r["k"] == k)
+    b = best.get(k)
+    fit_s = f"{float(fit.steps(k)):.0f}" if fit else "-"
+    if b is None:
+      rows.append(f"| {k} | - | not reached | - | {fit_s} | {tried} |")
+    else:
+      rows.append(f"| {k} | {b['learning_rate']:.3g} | {b['steps']} | {b['steps'] * k:,} | "
+                  f"{fit_s} | {tried} |")
+  return "\n".join(rows)
+
+
+def noise_table(n: dict[str, Any]) -> str:
+  """Exact B_simple at the checkpoints against the online estimates."""
+  rows = [f"| step | exact B_simple | online, {n['noise_fixed_batches']} batches at fixed "
+          f"params | same, without the finite-n correction | online EMA in training |",
+          "|---:|---:|---:|---:|---:|"]
+  rel = lambda v, ref: f"{v:.1f} ({100 * (v / ref - 1):+.1f}%)"
+  for c in n["checkpoints"]:
+    ema = rel(c["ema_b_simple"], c["exact_b_simple"]) if math.isfinite(c["ema_b_simple"]) else "-"
+    rows.append(f"| {c['step']} | {c['exact_b_simple']:.1f} | "
+                f"{rel(c['online_b_simple'], c['exact_b_simple'])} | "
+                f"{rel(c['online_b_simple_uncorrected'], c['exact_b_simple'])} | {ema} |")
+  return "\n".join(rows)
+
+
+def _finite(x):
+  if isinstance(x, dict):
+    return {k: _finite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_finite(v) for v in x]
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The whole experiment; returns what results.json holds."""
+  from sgdlab import noise_plots  # matplotlib only here
+  s = config.steps_to_target
+  dataset = data.load(config.data)
+  validate(config, dataset.n_train)
+  mesh = step.make_mesh(jax.devices()[:1])
+  ks = batch_sizes(config, dataset.n_train)
+  start = time.perf_counter()
+  runs, j = [], 0
+  for k in ks:
+    t0 = time.perf_counter()
+    run_lr = make_runner(config, dataset, mesh, k)
+    logging.info("k=%d: compiled in %.1fs", k, time.perf_counter() - t0)
+    k_runs, best_j = tune_k(run_lr, k, float(config.learning_rate), j, s)
+    runs += k_runs
+    j = j if best_j is None else best_j
+  best = best_runs(runs)
+  fit = None
+  if len(best) >= 2:
+    fit = noise.fit_steps(list(best), [b["steps"] for b in best.values()])
+  sweep_time = time.perf_counter() - start
+
+  # The noise run uses the tuned lr of the nearest k and runs past its steps to target.
+  k_noise = int(s.noise_batch_size)
+  near = min(best, key=lambda k: abs(math.log(k / k_noise)), default=None)
+  noise_lr = best[near]["learning_rate"] if near else float(config.learning_rate)
+  noise_steps = best[near]["steps"] if near else 10 * math.ceil(dataset.n_train / k_noise)
+  t0 = time.perf_counter()
+  noise_result = noise_run(config, dataset, mesh, k_noise, noise_lr,
+                           math.ceil(noise_steps * s.noise_length))
+  noise_time = time.perf_counter() - t0
+
+  result = dict(
+      config=config_lib.to_dict(config), n_train=dataset.n_train, batch_sizes=ks,
+      metric=s.metric, target=s.target, runs=runs,
+      best={str(k): b for k, b in best.items()},
+      fit=dict(s_min=fit.s_min, b_noise=fit.b_noise, e_min=fit.e_min,
+               rms_log_error=fit.rms_log_error) if fit else None,
+      noise=noise_result, noise_target_step=noise_steps,
+      seconds=dict(sweep=sweep_time, noise=noise_time),
+      device=f"{jax.devices()[0].platform} x{mesh.size}")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(_finite(result), f, indent=1)
+  text = table(ks, runs, best, fit)
+  with open(os.path.join(workdir, "table.md"), "w") as f:
+    f.write(text + "\n\n" + noise_table(noise_result) + "\n")
+  noise_plots.steps_figure(result, os.path.join(workdir, "steps_to_target.png"))
+  noise_plots.noise_figure(result, os.path.join(workdir, "noise_scale.png"))
+  print(text)
+  if fit:
+    print(f"fit S = S_min (1 + B_noise / k): S_min = {fit.s_min:.1f} steps, "
+          f"B_noise = {fit.b_noise:.0f}, E_min = {fit.e_min:,.0f} examples, "
+          f"rms log error {fit.rms_log_error:.3f}")
+  print(noise_table(noise_result))
+  print(f"sweep {sweep_time:.0f}s, noise run {noise_time:.0f}s; outputs in {workdir}")
+  return result
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag or override is one line on stderr and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    cause = e.__cause__ or e.__context__ or e
+    text = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
+    print(f"error: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  config = flags.FLAGS.config
+  try:
+    validate(config, data.describe(config.data).n_train)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  experiment(config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  # Flags only when run: config_flags imports this file again to call get_config.
+  config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
+                                  "This file, or another with get_config().")
+  flags.DEFINE_string("workdir", "runs/steps_to_target", "Output folder.")
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,275 @@
+"""Gradient noise scale: exact values against closed forms, the online estimate, the fit."""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import sgdlab
+from conftest import REPO, subprocess_env
+from sgdlab import models, noise, step, trainer
+
+
+# ------------------------------------------------------------------ linear regression
+
+
+def test_exact_matches_closed_form_for_linear_regression():
+  # y = w* . x + eps, x ~ N(0, I_d), eps ~ N(0, s^2); loss 0.5 (w . x - y)^2 at w = w* + e.
+  # Per example g = (e . x - eps) x, so G = e and, Gaussian fourth moments,
+  # tr(Sigma) = E|g|^2 - |G|^2 = (d + 1)|e|^2 + d s^2.
+  d, n, s = 6, 40_000, 0.5
+  rng = np.random.default_rng(0)
+  w_star = rng.normal(size=d).astype(np.float32)
+  e = (0.3 * rng.normal(size=d)).astype(np.float32)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = (x @ w_star + s * rng.normal(size=n)).astype(np.float32)
+  loss = lambda w, xi, yi: 0.5 * jnp.square(jnp.dot(w, xi) - yi)
+
+  got = noise.exact(loss, jnp.asarray(w_star + e), x, y, chunk_size=999)  # 999 ∤ n: padding
+
+  # The same dataset, per-example gradients written out: agreement to float precision.
+  g = ((x @ (w_star + e) - y)[:, None] * x).astype(np.float64)
+  mean = g.mean(0)
+  np.testing.assert_allclose(got.grad_sq, mean @ mean, rtol=1e-4)
+  np.testing.assert_allclose(got.trace_sigma, np.mean(np.sum((g - mean) ** 2, 1)), rtol=1e-4)
+  # The population values: agreement up to sampling error (a few percent at n = 40k).
+  e2 = float(e @ e)
+  np.testing.assert_allclose(got.trace_sigma, (d + 1) * e2 + d * s * s, rtol=0.05)
+  np.testing.assert_allclose(got.grad_sq, e2, rtol=0.1)
+  assert got.count == n
+
+
+# ------------------------------------------------- softmax regression through the step
+# The train step's loss is softmax cross-entropy, so the online tests use its linear
+# model, MLP(hidden=()): per-example gradients are closed form, dW = x (p - onehot)^T.
+
+D, C, N = 12, 4, 4096
+LINEAR = models.MLP(hidden=(), num_classes=C)
+
+
+def _softmax_problem():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(N, D)).astype(np.float32)
+  w_true = rng.normal(size=(D, C)).astype(np.float32)
+  y = np.argmax(x @ w_true + rng.gumbel(size=(N, C)), 1).astype(np.int32)  # noisy labels
+  # A tenth of the way to the teacher: B_simple ~ 42, near the batch size 64 used below.
+  params = dict(logits=dict(kernel=jnp.asarray(0.1 * w_true), bias=jnp.zeros((C,))))
+  return x, y, params
+
+
+def _closed_form_softmax(x, y, params):
+  w, b = np.asarray(params["logits"]["kernel"], np.float64), np.asarray(params["logits"]["bias"])
+  z = x.astype(np.float64) @ w + b
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  r = p - np.eye(C)[y]  # d loss / d logits
+  g = np.concatenate([(x[:, :, None] * r[:, None, :]).reshape(len(x), -1), r], 1)
+  mean = g.mean(0)
+  return mean @ mean, np.mean(np.sum((g - mean) ** 2, 1))
+
+
+def test_exact_matches_closed_form_for_softmax_regression():
+  x, y, params = _softmax_problem()
+  grad_sq, trace = _closed_form_softmax(x, y, params)
+  for chunk in (None, 100):
+    got = noise.exact(noise.classifier_loss(LINEAR), params, x, y, chunk_size=chunk)
+    np.testing.assert_allclose(got.grad_sq, grad_sq, rtol=1e-4)
+    np.testing.assert_allclose(got.trace_sigma, trace, rtol=1e-4)
+    np.testing.assert_allclose(got.b_simple, trace / grad_sq, rtol=2e-4)
+
+
+def _state(params):
+  tx = optax.identity()
+  s = step.init_state(LINEAR, tx, (D,), seed=0, learning_rate=0.5, lr_decay=0.0)
+  return s.replace(params=params), tx
+
+
+@pytest.mark.parametrize("mesh_name", ["mesh1", "mesh8"])
+def test_online_estimate_at_fixed_params_is_within_10_percent_of_exact(mesh_name, request):
+  mesh = request.getfixturevalue(mesh_name)
+  x, y, params = _softmax_problem()
+  grad_sq, trace = _closed_form_softmax(x, y, params)
+  state, tx = _state(params)
+  train_step = step.make_train_step(LINEAR, tx, lambda c, lr, d: lr, mesh, noise_scale=True)
+
+  got = noise.online_at_fixed_params(train_step, mesh, state, x, y, batch_size=64,
+                                     num_batches=1000, n_population=N)
+
+  assert got.count == 1000
+  assert abs(got.grad_sq / grad_sq - 1) < 0.1, (got, grad_sq)
+  assert abs(got.trace_sigma / trace - 1) < 0.1, (got, trace)
+  assert abs(got.b_simple / (trace / grad_sq) - 1) < 0.1, (got.b_simple, trace / grad_sq)
+  # The mean is several standard errors away from a 10% miss: the test has power.
+  assert got.grad_sq_se < 0.03 * grad_sq and got.trace_sigma_se < 0.03 * trace
+
+
+@pytest.mark.parametrize("mesh_name, b_small", [("mesh1", 32), ("mesh8", 8)])
+def test_step_reports_local_and_global_batch_sizes(mesh_name, b_small, request):
+  # B_small is half the batch on one device (the step splits it) and k / n on n devices.
+  mesh = request.getfixturevalue(mesh_name)
+  x, y, params = _softmax_problem()
+  state, tx = _state(params)
+  train_step = jax.jit(step.make_train_step(LINEAR, tx, lambda c, lr, d: lr, mesh,
+                                            noise_scale=True))
+  batch = jax.device_put(dict(x=x[:64], y=y[:64], mask=np.ones(64, np.float32)),
+                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step.DATA)))
+  _, m = train_step(state, batch)
+  assert float(m["b_small"]) == b_small and float(m["b_big"]) == 64 and float(m["full"]) == 1
+  # |G_big|^2: the batch's mean gradient; |G_small|^2: the mean over the contiguous
+  # chunks of b_small examples (the halves on one device, each device's shard on 8).
+  def sq_norm_of_mean_grad(xs, ys):
+    loss = lambda p: jnp.mean(jax.vmap(noise.classifier_loss(LINEAR), (None, 0, 0))(p, xs, ys))
+    return sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(jax.grad(loss)(params)))
+
+  np.testing.assert_allclose(float(m["g_big_sq"]), sq_norm_of_mean_grad(x[:64], y[:64]),
+                             rtol=1e-5)
+  small = np.mean([sq_norm_of_mean_grad(x[i:i + b_small], y[i:i + b_small])
+                   for i in range(0, 64, b_small)])
+  np.testing.assert_allclose(float(m["g_small_sq"]), small, rtol=1e-5)
+
+
+# ------------------------------------------------------------ training is unchanged
+
+
+def _mlp_config(noise_scale):
+  c = sgdlab.default_config()
+  c.data.name = "synthetic"
+  c.data.synthetic_n_train = 256
+  c.data.synthetic_n_test = 64
+  c.data.synthetic_input_shape = (8, 8, 1)
+  c.model.hidden = (16, 16)
+  c.model.dropout = 0.0
+  c.batch_size = 32
+  c.num_epochs = 2
+  c.learning_rate = 0.3
+  c.noise_scale = noise_scale
+  return c
+
+
+@pytest.mark.parametrize("mesh_name", ["mesh1", "mesh8"])
+def test_noise_scale_does_not_change_the_trajectory(mesh_name, request):
+  mesh = request.getfixturevalue(mesh_name)
+  off = trainer.train(_mlp_config(False), mesh=mesh)
+  on = trainer.train(_mlp_config(True), mesh=mesh)
+  np.testing.assert_allclose(on.steps["loss"], off.steps["loss"], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(on.state.params), jax.tree.leaves(off.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # ...and it does record the estimates: per step, and the EMA ratio per epoch.
+  assert len(on.steps["trace_sigma"]) == len(on.steps["loss"]) == 2 * 8
+  ratio = np.asarray(on.epochs["noise_scale"])
+  assert ratio.shape == (2,) and np.all(np.isfinite(ratio)) and np.all(ratio > 0)
+  assert "noise_scale" not in off.epochs
+
+
+# ----------------------------------------------------------------- host arithmetic
+
+
+def test_finite_population_correction_removes_the_without_replacement_bias():
+  # Expected |G_B|^2 for batches drawn without replacement from n examples.
+  g2, tr, n = 2.0, 300.0, 1000
+  expect = lambda b: g2 + tr * (n - b) / (b * (n - 1))
+  raw_g, raw_t = noise.online_estimates(expect(16), expect(64), 16, 64)
+  np.testing.assert_allclose(raw_t, tr * n / (n - 1))
+  np.testing.assert_allclose(raw_g, g2 - tr / (n - 1))  # 15% low here: B_simple / n
+  g, t = noise.online_estimates(expect(16), expect(64), 16, 64, n_population=n)
+  np.testing.assert_allclose([g, t], [g2, tr])
+
+
+def test_ema_curve_is_what_noise_ema_reports():
+  rng = np.random.default_rng(0)
+  g, t = rng.uniform(1, 2, 30), rng.uniform(10, 20, 30)
+  g[5] = np.nan  # a partial batch
+  ema = noise.NoiseEMA(0.9)
+  ema.update(g, t)
+  curve = noise.ema_curve(g, t, 0.9)
+  assert curve.shape == (30,) and math.isclose(curve[-1], ema.values()[2])
+
+
+def test_fit_recovers_the_model_and_tolerates_noise():
+  k = 2.0 ** np.arange(0, 13)
+  exact = noise.fit_steps(k, 300 * (1 + 150 / k))
+  assert math.isclose(exact.s_min, 300, rel_tol=1e-4)
+  assert math.isclose(exact.b_noise, 150, rel_tol=1e-4)
+  assert exact.rms_log_error < 1e-6
+  noisy = 300 * (1 + 150 / k) * np.exp(np.random.default_rng(0).normal(0, 0.05, len(k)))
+  noisy[3] = np.inf  # never reached the target: left out
+  fit = noise.fit_steps(k, noisy)
+  assert abs(fit.b_noise / 150 - 1) < 0.2 and abs(fit.s_min / 300 - 1) < 0.1
+  np.testing.assert_allclose(fit.steps([1.0]), fit.s_min * (1 + fit.b_noise), rtol=1e-12)
+  with pytest.raises(ValueError):
+    noise.fit_steps([4, 4], [10, 12])
+
+
+# ------------------------------------------------------ the steps-to-target experiment
+
+
+def _load_experiment():
+  path = os.path.join(REPO, "experiments", "steps_to_target.py")
+  spec = importlib.util.spec_from_file_location("steps_to_target", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_lr_walk_brackets_the_best_learning_rate():
+  stt = _load_experiment()
+  s = stt.get_config().steps_to_target
+  s.lr_factor, s.max_lrs = 2.0, 10
+  calls = []
+
+  def fake_run(lr, limit):  # steps fall with lr up to 0.4, lr > 1 diverges
+    calls.append((lr, limit))
+    if lr > 1:
+      return dict(k=8, learning_rate=lr, steps=None, status="diverged at step 3", wall_time=0.0)
+    steps = int(100 * abs(math.log2(lr / 0.4)) + 50)
+    ok = steps <= limit
+    return dict(k=8, learning_rate=lr, steps=steps if ok else None,
+                status="reached" if ok else "not reached", wall_time=0.0)
+
+  runs, best_j = stt.tune_k(fake_run, 8, 0.1, 0, s)
+  lrs = [r["learning_rate"] for r in runs]
+  assert 0.1 * 2 ** best_j == pytest.approx(0.4)
+  assert sorted(lrs) == lrs and len(set(lrs)) == len(lrs)
+  assert min(lrs) <= 0.2 and max(lrs) >= 0.8  # both neighbours of the best were tried
+  # After the first success every run is capped at the best so far minus one.
+  assert all(limit < 250 for _, limit in calls[1:])
+
+
+def test_experiment_rejects_bad_settings_with_exit_code_2(tmp_path):
+  script = os.path.join(REPO, "experiments", "steps_to_target.py")
+  proc = subprocess.run([sys.executable, script, f"--workdir={tmp_path / 'out'}",
+                         "--config.steps_to_target.metric=test_loss"],
+                        capture_output=True, text=True, env=subprocess_env(1), timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:") and "steps_to_target.metric" in lines[0]
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_experiment_runs_end_to_end_on_tiny_data(tmp_path):
+  stt = _load_experiment()
+  c = stt.get_config()
+  c.data.name = "digits"
+  c.model.hidden = (32,)
+  c.learning_rate = 0.05
+  c.steps_to_target.batch_sizes = (4, 32, 256)
+  c.steps_to_target.target = 0.8
+  c.steps_to_target.noise_batch_size = 32
+  c.steps_to_target.noise_fixed_batches = 20
+  result = stt.experiment(c, str(tmp_path))
+  assert set(result["best"]) == {"4", "32", "256"}
+  steps = [result["best"][k]["steps"] for k in ("4", "32", "256")]
+  assert steps[0] > steps[2]  # more examples per step, fewer steps
+  assert result["fit"]["b_noise"] > 0
+  for name in ("results.json", "table.md", "steps_to_target.png", "noise_scale.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  ckpt = result["noise"]["checkpoints"][0]
+  assert abs(ckpt["online_b_simple"] / ckpt["exact_b_simple"] - 1) < 0.5
