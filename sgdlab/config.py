@@ -38,6 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.noise_scale = False  # online gradient noise scale (sgdlab.noise); splits the batch
   c.noise_ema = 0.95  # EMA weight per step for the noise-scale estimates
   c.checkpoint_every_epochs = 0  # 0: no checkpoints
+  c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
   c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device
   c.memory_headroom = 0.1  # for batch_size="auto": fraction kept free
   c.sweep = ml_collections.ConfigDict(dict(
