@@ -1,0 +1,389 @@
+"""The memory estimator: its numbers, its search, its errors, and real out-of-memory.
+
+The OOM tests run real train steps in child processes under an address-space limit
+(RLIMIT_AS), the CPU's only hard memory boundary, and check compile mode against it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+# Run by hand (-m slow): the real-OOM checks take minutes on 2 cores.
+pytestmark = pytest.mark.slow
+
+from conftest import REPO, subprocess_env
+from sgdlab import config as config_lib
+from sgdlab import data, memory, trainer
+from sgdlab.errors import ConfigError
+
+GiB, MiB = 1 << 30, 1 << 20
+
+
+def tiny(model: str = "cnn", side: int = 16, n_train: int = 1024) -> config_lib.ml_collections.ConfigDict:
+  c = config_lib.default_config()
+  c.model.name = model
+  c.model.hidden = (32,)
+  c.model.features = (4, 8)
+  c.model.dense = 16
+  c.data.name = "synthetic"
+  c.data.synthetic_input_shape = (side, side, 1)
+  c.data.synthetic_n_train = n_train
+  c.data.synthetic_n_test = 128
+  c.eval_batch_size = 128
+  c.num_epochs = 1
+  return c
+
+
+def budget(n: int, headroom: float = 0.1) -> memory.Budget:
+  return memory.Budget(n, headroom, f"{n} bytes", given=str(n))
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8GiB", 8 * GiB), ("512MiB", 512 * MiB), ("16GB", 16 * 10**9), ("8G", 8 * GiB),
+    (" 1.5 gib ", int(1.5 * GiB)), ("123456", 123456), (4096, 4096)])
+def test_parse_bytes(text, expected):
+  assert memory.parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "8 parsecs", "", "-1GiB", "0", "1e9"])
+def test_unparsable_budget_names_the_field(text):
+  with pytest.raises(ConfigError, match="memory_budget") as e:
+    memory.parse_bytes(text)
+  assert "8GiB" in str(e.value)  # says what is valid
+
+
+def test_conv_workspace_is_the_largest_im2col_buffer():
+  x = jax.ShapeDtypeStruct((8, 10, 10, 3), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  forward = jax.jit(conv).lower(x, w).compile().as_text()
+  assert memory.conv_workspace_bytes(forward) == 8 * 8 * 8 * (3 * 3 * 3) * 4
+  # The gradient wrt the input is a padded conv over the 4 output channels: larger.
+  grads = jax.jit(jax.grad(lambda w, x: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+  assert memory.conv_workspace_bytes(grads.lower(w, x).compile().as_text()) == \
+      8 * 10 * 10 * (3 * 3 * 4) * 4
+  dense = jax.jit(lambda a: a @ a).lower(jax.ShapeDtypeStruct((64, 64), jnp.float32))
+  assert memory.conv_workspace_bytes(dense.compile().as_text()) == 0
+
+
+# -------------------------------------------------------------- the estimator
+
+
+def test_faster_compile_options_leave_the_analysis_unchanged(mesh1):
+  est = memory.Estimator(tiny("cnn"), mesh1)
+  program = est.program(64)
+  args = (est.abstract_state, memory.batch_struct(64, est.spec.input_shape, mesh1))
+  lowered = jax.jit(program.train_step).lower(*args)
+  fast = lowered.compile(compiler_options=memory._COMPILER_OPTIONS).memory_analysis()
+  default = lowered.compile().memory_analysis()
+  for field in ("argument", "output", "temp", "alias"):
+    name = f"{field}_size_in_bytes"
+    assert getattr(fast, name) == getattr(default, name), field
+
+
+@pytest.mark.parametrize("n_devices", [1, 8])
+def test_breakdown_adds_up_and_matches_the_shapes(n_devices, mesh1, mesh8):
+  mesh = mesh1 if n_devices == 1 else mesh8
+  config = tiny("cnn")
+  est = memory.Estimator(config, mesh)
+  k = 256
+  lines = est.breakdown(k)
+  assert sum(lines.values()) == est.total(k)
+  pixels = 16 * 16
+  assert lines["batch"] == k // n_devices * (pixels * 4 + 4 + 4)  # x f32, y i32, mask f32
+  n_params = sum(l.params for l in memory.layer_table(
+      est.program(k).model, est.abstract_state.params, est.spec.input_shape))
+  assert lines["parameters"] == 4 * n_params
+  # The data line is what the trainer places on every device.
+  ds = data.load(config.data)
+  placed = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+  assert lines["data (train + test, on every device)"] == placed
+  assert lines["conv patch buffers (CPU runtime)"] > 0
+  # Memory is per device: 8 devices hold an eighth of the activations each.
+  if n_devices == 8:
+    one = memory.Estimator(config, mesh1)
+    assert est.train_step(k).temp < one.train_step(k).temp / 4
+
+
+def test_layer_table_names_each_kind_and_its_cost(mesh1):
+  est = memory.Estimator(_keras_cnn(), mesh1)
+  layers = memory.layer_table(est.program(32).model, est.abstract_state.params, (28, 28, 1))
+  assert [l.kind for l in layers] == ["conv", "conv", "pool", "dropout", "dense", "dropout",
+                                      "dense"]
+  by_name = {l.name: l for l in layers}
+  assert by_name["conv1"].output_shape == (24, 24, 64)
+  assert by_name["conv1"].activation_bytes == 24 * 24 * 64 * 4
+  assert by_name["conv1"].workspace_bytes == 24 * 24 * (9 * 32) * 4
+  assert by_name["dense"].params == 12 * 12 * 64 * 128 + 128
+  assert sum(l.params for l in layers) * 4 == est.param_bytes
+
+
+def _keras_cnn():
+  c = config_lib.default_config()
+  c.model.name = "cnn"
+  return c
+
+
+def test_the_train_step_estimate_tracks_what_the_trainer_compiles(mesh1):
+  # The trainer runs the step inside an epoch scan and evaluates in a scan: compile
+  # those for real and compare with the step-based total.
+  est = memory.Estimator(tiny("cnn"), mesh1)
+  for k in (64, 512):
+    ratio = est.trainer_total(k) / est.total(k)
+    assert 0.95 < ratio < 1.10, (k, ratio)
+
+
+# ------------------------------------------------------------------ the search
+
+
+def test_search_finds_the_boundary_that_compiling_each_k_shows(mesh1):
+  config = tiny("cnn", n_train=1024)
+  brute = memory.Estimator(config, mesh1)
+  # A budget whose usable part falls between k=128 and k=256.
+  usable = (brute.total(128) + brute.total(256)) // 2
+  report = memory.find_batch_size(config, budget(int(usable / 0.9) + 1), mesh=mesh1)
+  assert report.largest_power_of_two == 128
+  k = report.largest_k
+  assert 128 <= k < 256
+  # The largest k whose train step and the trainer's own programs both fit.
+  need = lambda k: max(brute.total(k), brute.trainer_total(k))
+  assert need(k) <= report.budget.usable < need(k + 1)
+  assert report.trainer_bytes == brute.trainer_total(k)
+  # Far fewer compiles than the 256 candidates: predicted jumps, certified by neighbours.
+  assert report.compiles <= 12, report.compiles
+  assert set(report.breakdown) >= {"parameters", "optimizer state", "batch",
+                                   "activations and temporaries"}
+  json.dumps(report.to_dict())  # what fit.json holds
+
+
+def test_data_parallel_candidates_are_multiples_of_the_device_count(mesh8):
+  report = memory.find_batch_size(tiny("mlp", n_train=1000), budget(2 * GiB), mesh=mesh8)
+  assert report.largest_k % 8 == 0 and report.largest_power_of_two % 8 == 0
+  assert report.largest_k == 1000 // 8 * 8  # capped at the dataset, rounded to devices
+
+
+def test_budget_below_the_parameters_says_nothing_fits_and_why(mesh1):
+  with pytest.raises(ConfigError) as e:
+    memory.find_batch_size(_keras_cnn(), budget(1 * MiB), mesh=mesh1)
+  text = str(e.value)
+  assert e.value.field == "memory_budget" and "Nothing fits" in text
+  assert "parameters (4.58 MiB)" in text and "usable" in text
+
+
+def test_candidates_beyond_the_dataset_are_capped_and_said_so(mesh1):
+  report = memory.find_batch_size(tiny("mlp", n_train=100), budget(4 * GiB), mesh=mesh1)
+  assert report.largest_k == 100 and report.largest_power_of_two == 64
+  assert any("capped at the training set size (100)" in n for n in report.notes)
+
+
+def test_image_sizes_trade_against_batch_size(mesh1):
+  sizes = [16, 32, 512]
+  reports = memory.tradeoff(tiny("cnn", n_train=4096), sizes, budget(700 * MiB), mesh=mesh1)
+  assert [r.input_shape for r in reports[:2]] == [(16, 16, 1), (32, 32, 1)]
+  assert reports[0].largest_k > reports[1].largest_k
+  assert reports[1].slope_bytes_per_example > 3 * reports[0].slope_bytes_per_example
+  # At 512x512 the dataset alone needs more than the budget: a row that says so.
+  assert isinstance(reports[2], ConfigError) and "Nothing fits" in str(reports[2])
+  table = memory.tradeoff_table(sizes, reports)
+  assert "nothing fits" in table.splitlines()[-1]
+
+
+def test_auto_batch_size_trains_at_the_largest_k_and_logs_it(mesh1, caplog):
+  config = tiny("mlp", n_train=1024)
+  config.batch_size = "auto"
+  config.memory_budget = "600MiB"
+  expected = memory.find_batch_size(config, mesh=mesh1, spec=data.describe(config.data))
+  caplog.set_level("INFO")
+  history = trainer.train(config, mesh=mesh1)
+  assert history.config["batch_size"] == expected.chosen
+  assert isinstance(history.config["batch_size"], int)
+  assert "batch_size=auto: k=" in caplog.text and "breakdown at k=" in caplog.text
+
+
+# ----------------------------------------------------------------- the launcher
+
+
+def _fit(tmp_path, *args: str) -> subprocess.CompletedProcess:
+  cfg = tmp_path / "tiny_config.py"
+  cfg.write_text(
+      "from sgdlab.config import default_config\n"
+      "def get_config():\n"
+      "  c = default_config()\n"
+      "  c.model.name = 'cnn'; c.model.features = (4, 8); c.model.dense = 16\n"
+      "  c.data.name = 'synthetic'; c.data.synthetic_input_shape = (16, 16, 1)\n"
+      "  c.data.synthetic_n_train = 512; c.data.synthetic_n_test = 128\n"
+      "  c.eval_batch_size = 128\n"
+      "  return c\n")
+  return subprocess.run([sys.executable, "-m", "sgdlab.fit", f"--config={cfg}", *args],
+                        capture_output=True, text=True, env=subprocess_env(1), cwd=REPO,
+                        timeout=600)
+
+
+def test_launcher_prints_a_table_and_writes_json_and_plot(tmp_path):
+  out = tmp_path / "fit"
+  r = _fit(tmp_path, "--memory_budget=1GiB", "--image_sizes=16,24", f"--workdir={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "largest power of two" in r.stdout and "bytes/example" in r.stdout
+  result = json.loads((out / "fit.json").read_text())
+  assert [tuple(r["input_shape"]) for r in result["reports"]] == [(16, 16, 1), (24, 24, 1)]
+  assert [r["image_size"] for r in result["reports"]] == [16, 24]
+  assert result["budget"]["bytes"] == GiB and (out / "fit.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--memory_budget=lots"], "memory_budget='lots' is invalid"),
+    (["--memory_budget=1MiB"], "Nothing fits"),
+    (["--image_sizes=16,x"], "image_sizes"),
+])
+def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, expected):
+  out = tmp_path / "fit"
+  r = _fit(tmp_path, *args, f"--workdir={out}")
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], r.stderr[-2000:]
+  assert not out.exists()
+
+
+# ------------------------------------------------------------ real out-of-memory
+#
+# A budget B means: B bytes of address space beyond what the process maps after
+# importing jax, loading the data and starting the runtime's threads. Trial children
+# set RLIMIT_AS to exactly that (sgdlab.memory.run_trial); the trainer child below
+# sets it and lets batch_size="auto" measure the budget itself.
+
+_TRAIN_UNDER_LIMIT = r"""
+import json, resource, sys
+import jax
+from sgdlab import config as config_lib, data, memory, step, trainer
+payload = json.loads(sys.argv[1])
+config = config_lib.from_dict(payload["config"])
+dataset = data.load(config.data)
+mesh = step.make_mesh(jax.devices()[:1])
+memory.warm_up(mesh)
+limit = memory.address_space_bytes() + payload["budget_bytes"]
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+config.batch_size, config.memory_budget = "auto", ""
+history = trainer.train(config, dataset=dataset, mesh=mesh)
+print("RESULT " + json.dumps(dict(k=history.config["batch_size"],
+                                  acc=history.epochs["test_accuracy"][-1])), flush=True)
+"""
+
+
+def train_auto_under_limit(config, budget_bytes: int) -> dict:
+  """The real trainer with batch_size="auto" in a child under an address-space limit."""
+  r = subprocess.run([sys.executable, "-c", _TRAIN_UNDER_LIMIT,
+                      json.dumps(dict(config=config_lib.to_dict(config),
+                                      budget_bytes=budget_bytes))],
+                     capture_output=True, text=True, env=subprocess_env(1), cwd=REPO,
+                     timeout=900)
+  lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+  assert r.returncode == 0 and lines, (r.returncode, r.stderr[-3000:])
+  return json.loads(lines[0][len("RESULT "):])
+
+
+def agreement_budgets(est: memory.Estimator, powers, headroom=0.1):
+  """For each power p, a budget where compile mode must answer p and trial mode can.
+
+  Compile mode answers p for budgets from T(p) / (1 - headroom), T the larger of its
+  train-step and trainer totals with the reserve. Trial mode answers p below the real
+  need at 2p, which was never below the modeled bytes at 2p (measured: 0-160 MiB
+  above). Between the two lies the budget; where that gap closes (bytes growing
+  little with k) the modes can differ by one power of two, compile mode being the
+  cautious one.
+  """
+  budgets = []
+  for p in powers:
+    # Compile mode also checks the trainer's programs; trial mode runs the trainer.
+    need = max(est.total(p), est.trainer_total(p))
+    modeled_2p = max(est.modeled(2 * p), est.without_reserve(est.trainer_total(2 * p)))
+    low, high = need / (1 - headroom), modeled_2p
+    assert low < high, f"no budget separates k={p} from k={2 * p} for this model"
+    budgets.append(int((low + high) / 2))
+  return budgets
+
+
+def oom_config(model: str) -> config_lib.ml_collections.ConfigDict:
+  """Bytes that grow fast with k at little compute: a wide hidden layer, small convs."""
+  if model == "mlp":
+    config = tiny("mlp", side=8, n_train=16384)
+    config.model.hidden = (16384,)
+    return config
+  return tiny("cnn", side=24, n_train=16384)
+
+
+def check_against_real_oom(config, est, budget_bytes: int) -> tuple[int, int]:
+  """Compile mode's k trains under the limit and the next power of two runs out."""
+  report = memory.find_batch_size(config, budget(budget_bytes), estimator=est)
+  p, k = report.largest_power_of_two, report.largest_k
+  chosen = memory.run_trial(config, k, budget_bytes=budget_bytes, timeout=600)
+  assert chosen.ok, f"compile mode chose k={k} (2^j: {p}) but it failed: {chosen.error}"
+  # k >= p ran, 2p runs out: trial mode's doubling would stop at p, as compile mode did.
+  doubled = memory.run_trial(config, 2 * p, budget_bytes=budget_bytes, timeout=600)
+  assert not doubled.ok and doubled.oom, (report.table(), doubled)
+  return p, k
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_compile_mode_matches_real_out_of_memory(model, mesh1):
+  config = oom_config(model)
+  est = memory.Estimator(config, mesh1)
+  powers = [2048, 4096, 8192]
+  budgets = agreement_budgets(est, powers)
+  for b in budgets:  # compile in this thread; the children then run two at a time
+    memory.find_batch_size(config, budget(b), estimator=est)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    answers = list(pool.map(lambda b: check_against_real_oom(config, est, b), budgets))
+  assert [p for p, _ in answers] == powers
+
+
+def test_trial_mode_doubles_and_halves_to_the_same_answer(mesh1):
+  config = oom_config("cnn")
+  est = memory.Estimator(config, mesh1)
+  b = agreement_budgets(est, [4096])[0]
+  up = memory.trial_search(config, budget_bytes=b, start=2048, timeout=600)
+  assert [(t.k, t.ok) for t in up.trials] == [(2048, True), (4096, True), (8192, False)]
+  down = memory.trial_search(config, budget_bytes=b, start=8192, timeout=600)
+  assert [(t.k, t.ok) for t in down.trials] == [(8192, False), (4096, True)]
+  assert up.largest_power_of_two == down.largest_power_of_two == 4096
+  capped = memory.trial_search(config, budget_bytes=b, start=65536, timeout=600)
+  assert "capped" in capped.notes[0] and capped.trials[0].k == 16384
+
+
+def test_auto_batch_size_trains_under_the_limit_it_measured(mesh1):
+  config = oom_config("cnn")
+  b = agreement_budgets(memory.Estimator(config, mesh1), [4096])[0]
+  result = train_auto_under_limit(config, b)
+  assert 4096 <= result["k"] < 8192 and result["acc"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_compile_mode_matches_trial_mode_keras_sized(model, mesh1):
+  """By hand (-m slow): Keras' CNN and a wide MLP on 28x28, trial mode from 512."""
+  config = config_lib.default_config()
+  config.model.name = model
+  config.model.hidden = (8192,)  # a memory-bound MLP; Keras' 512-512 barely grows with k
+  config.data.name = "synthetic"
+  config.data.synthetic_n_train = 4096
+  config.data.synthetic_n_test = 1000
+  est = memory.Estimator(config, mesh1)
+  powers = [256, 512, 1024] if model == "cnn" else [512, 1024, 2048]
+  for p, b in zip(powers, agreement_budgets(est, powers)):
+    report = memory.find_batch_size(config, budget(b), estimator=est)
+    trials = memory.trial_search(config, budget_bytes=b, start=512, timeout=1800)
+    assert report.largest_power_of_two == trials.largest_power_of_two == p, trials.table()
+    assert memory.run_trial(config, report.largest_k, budget_bytes=b, timeout=1800).ok
+    assert train_auto_under_limit(config, b)["k"] >= p
