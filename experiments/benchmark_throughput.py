@@ -20,6 +20,7 @@ the warm-up epoch are not timed. The loops are alternated one epoch at a time, s
 that load from other processes falls on all of them: a round times one epoch of
 each loop back to back; sgdlab and the JAX loop take turns going first, PyTorch
 goes last and is followed by a short untimed pause.
+
 The table gives the median examples/s over all timed epochs with their spread
 (min-max), and the median and interquartile range of the per-round ratios, of wall
 time and of this process's CPU time (steadier when other processes share the cores).
@@ -230,6 +231,8 @@ def max_param_diff(a: list, b: list) -> float:
 
 @dataclasses.dataclass
 class Result:
+  """Timings of every loop at one batch size k, aligned by round."""
+
   k: int
   epoch_times: dict[str, list[float]]  # loop -> seconds of each timed round's epoch
   cpu_times: dict[str, list[float]]  # loop -> this process's CPU seconds, same epochs
