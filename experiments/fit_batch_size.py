@@ -10,8 +10,8 @@ state, batch, activations, the dataset held on every device) and which layer cos
 most per example; on CPU (k=2048 and k=64 at 8 GiB) the conv patch buffers are half
 of it, --target=accelerator counts XLA's buffers alone (k=2048 and k=128). About 30 s
 on 2 CPU cores; fit.json and fit.png (bytes vs k with the budget line) land in the
-workdir. Add --method=trial to find the answer the manual way (an epoch of the real
-trainer in a child process per k; on CPU under an address-space limit).
+workdir. Add --method=trial to find the answer the manual way (a few real steps of
+the trainer's programs in a child process per k; on CPU under an address-space limit).
 
 The same config trains with the batch size found: batch_size = "auto".
   python -m sgdlab.launch --config=experiments/fit_batch_size.py --config.memory_budget=2GiB

@@ -31,13 +31,15 @@ _BUDGET = flags.DEFINE_string("memory_budget", None,
 _HEADROOM = flags.DEFINE_float("headroom", None,
                                "Fraction of the budget kept free; default config.memory_headroom.")
 _METHOD = flags.DEFINE_enum("method", "compile", ["compile", "trial"],
-                            "compile: compile the step per k; trial: train an epoch per k.")
+                            "compile: compile the step per k; trial: run real steps per k.")
 _SIZES = flags.DEFINE_string("image_sizes", "", "Comma-separated image sides, e.g. 28,56,112.")
 _TARGET = flags.DEFINE_enum("target", "", ["", "cpu", "accelerator"],
                             "Runtime terms to add (CPU conv buffers and reserve); default: "
                             "this machine's platform.")
 _EXACT = flags.DEFINE_bool("exact", True, "Also find the exact largest k, not just 2^j.")
 _TRIAL_START = flags.DEFINE_integer("trial_start", memory.TRIAL_START, "First k in trial mode.")
+_TRIAL_STEPS = flags.DEFINE_integer("trial_steps", memory.TRIAL_STEPS,
+                                    "Train steps per trial (then one evaluation); 0 = an epoch.")
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -65,6 +67,8 @@ def run(config, workdir: str) -> str:
   budget_text = config.memory_budget if _BUDGET.value is None else _BUDGET.value
   headroom = config.memory_headroom if _HEADROOM.value is None else _HEADROOM.value
   sizes = parse_sizes(_SIZES.value) if _SIZES.value else []
+  if _TRIAL_STEPS.value < 0:
+    raise ConfigError("trial_steps", _TRIAL_STEPS.value, "a count >= 0 (0: a whole epoch)")
   configs = [memory.with_image_size(config, s) for s in sizes] or [config]
   for c in configs:
     data.describe(c.data)  # validates each size before anything compiles
@@ -95,6 +99,7 @@ def run(config, workdir: str) -> str:
     trials = []
     for c in configs:
       report = memory.trial_search(c, n_devices=mesh.size, start=_TRIAL_START.value,
+                                   steps=_TRIAL_STEPS.value or None,
                                    budget_bytes=budget.bytes * mesh.size if on_cpu else None)
       if not on_cpu:
         report.notes.append("off CPU the trials run against the device's own memory")

@@ -12,16 +12,23 @@ are read from `compiled.memory_analysis()`:
 `data` is the dataset the trainer keeps on every device (train and test, float32).
 Runtime terms are what XLA's analysis does not count; measured on the CPU runtime of
 jax 0.10 (tests/test_memory.py checks them against real out-of-memory failures):
-* every convolution builds an im2col patch buffer, [batch x output pixels, window x
-  input channels], outside XLA's buffers. Read from the compiled HLO, it matched the
-  unexplained growth of the process to within 1% for several CNNs; the largest one
-  counts (they run one after another). Accelerators count their conv workspaces inside
-  XLA's temp.
+* a convolution may build an im2col patch buffer, [batch x output pixels, window x
+  input channels], outside XLA's buffers; the largest one counts (they run one after
+  another). It is an upper bound: the runtime skips the buffer for some shapes (8 -> 4
+  channels, 3 -> 64) and builds it in pieces for wide ones (32 -> 32), where compile
+  mode is cautious, by up to a power of two. Accelerators count their conv workspaces
+  inside XLA's temp.
 * the CPU runtime reserve (CPU_RESERVE_BYTES plus CPU_RESERVE_FRACTION of the rest):
   compiled code, compile-time memory, staging copies. Thread stacks and malloc arenas
   are counted as used before the budget is measured (`warm_up`).
 `headroom` then keeps a fraction of the budget free for what no model sees
 (fragmentation, library workspaces, collectives).
+
+What is promised is what the trainer runs (its epoch scan and evaluation; trial mode
+runs the same). On CPU a hand-written loop that calls the jitted step directly was
+measured to need more than that step's analysis says (about +30% for an 8 -> 8
+channel CNN; the cause is not pinned down), while the trainer's scan of the same step
+stayed within the model.
 
 Search: powers of two (times the device count) upward, each jump predicted by an
 affine fit of bytes in k and certified by compiling the boundary pair; then the exact
@@ -64,6 +71,7 @@ from sgdlab.errors import ConfigError
 CPU_RESERVE_BYTES = 192 << 20
 CPU_RESERVE_FRACTION = 0.05
 TRIAL_START = 512
+TRIAL_STEPS = 3  # per trial, as PyTorch Lightning's batch-size finder (steps_per_trial)
 # Faster compiles with identical buffer assignment: only LLVM's work is reduced
 # (tests/test_memory.py checks the numbers are equal).
 _COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -209,29 +217,64 @@ def device_budget(mesh: Mesh, memory_budget: str | int = "", headroom: float = 0
 
 
 _INSTR_RE = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
-_CONV_RE = re.compile(r"= (\w+)\[([\d,]*)\]\S* convolution\(([^)]*)\).*?"
+_CONV_RE = re.compile(r"= (\w+)\[([\d,]*)\]\S* convolution\(([^)]*)\), window=\{([^}]*)\}.*?"
                       r"dim_labels=([a-z0-9]+)_([a-z0-9]+)->([a-z0-9]+)")
 _HLO_ITEMSIZE = {"f16": 2, "bf16": 2, "f32": 4, "f64": 8, "s8": 1, "u8": 1, "s32": 4}
+# Up to this many input channels the CPU runtime builds a convolution's im2col buffer;
+# wider convolutions read a padded copy of their input instead (measured, jax 0.10).
+IM2COL_MAX_CHANNELS = 16
+
+
+def _window(text: str, key: str, n: int, default: int) -> list[int]:
+  m = re.search(key + r"=([\dx]+)", text)
+  return [int(v) for v in m.group(1).split("x")] if m else [default] * n
 
 
 def conv_workspace_bytes(hlo_text: str) -> int:
-  """The largest im2col buffer among the program's convolutions (XLA:CPU allocates it
-  outside the buffer assignment): batch x output pixels rows, window x input channels
-  columns. 0 for a program without convolutions.
+  """The largest buffer the XLA:CPU runtime allocates for one convolution outside XLA's
+  buffer assignment (they run one after another); 0 without convolutions. By kind:
+  * a weight gradient (window larger than its output): copies of both operands, the
+    input padded;
+  * at most IM2COL_MAX_CHANNELS input channels: the im2col buffer, batch x output
+    pixels rows by window x input channels;
+  * wider: the input, padded to the window's reach, copied once.
+  Measured against the process's growth; an upper bound where the runtime takes a
+  cheaper path (e.g. 8 -> 4 and 3 -> 64 channels build neither).
   """
-  shapes = {m.group(1): [int(d) for d in m.group(3).split(",") if d]
+  shapes = {m.group(1): (m.group(2), [int(d) for d in m.group(3).split(",") if d])
             for m in _INSTR_RE.finditer(hlo_text)}
   largest = 0
   for m in _CONV_RE.finditer(hlo_text):
     dtype, out_dims = m.group(1), [int(d) for d in m.group(2).split(",") if d]
-    rhs_name = m.group(3).split(",")[-1].strip().split()[-1].lstrip("%")
-    rhs, rhs_labels, out_labels = shapes.get(rhs_name), m.group(5), m.group(6)
-    if rhs is None or len(rhs) != len(rhs_labels) or "f" not in out_labels:
+    names = [o.strip().split()[-1].lstrip("%") for o in m.group(3).split(",")]
+    lhs_labels, rhs_labels, out_labels = m.group(5), m.group(6), m.group(7)
+    if len(names) != 2 or any(n not in shapes for n in names):
       continue
-    rows = math.prod(out_dims) // max(out_dims[out_labels.index("f")], 1)
-    window = math.prod(s for s, c in zip(rhs, rhs_labels) if c.isdigit())
+    lhs, rhs = shapes[names[0]][1], shapes[names[1]][1]
+    if len(lhs) != len(lhs_labels) or len(rhs) != len(rhs_labels) or "f" not in out_labels:
+      continue
     itemsize = _HLO_ITEMSIZE.get(dtype, 4)
-    largest = max(largest, rows * window * rhs[rhs_labels.index("i")] * itemsize)
+    spatial = [c for c in out_labels if c.isdigit()]
+    out_pixels = math.prod(out_dims[out_labels.index(c)] for c in spatial)
+    size = [rhs[rhs_labels.index(c)] for c in spatial]
+    if math.prod(size) > out_pixels:  # a weight gradient: the "window" is the image
+      pads = re.search(r"pad=([\d_x\-]+)", m.group(4))
+      pads = [sum(int(v) for v in p.split("_")) for p in pads.group(1).split("x")] if pads \
+          else [0] * len(spatial)
+      padded = math.prod(lhs) * math.prod(
+          (lhs[lhs_labels.index(c)] + p) / lhs[lhs_labels.index(c)] for c, p in zip(spatial, pads))
+      need = int(padded * _HLO_ITEMSIZE.get(shapes[names[0]][0], 4) +
+                 math.prod(rhs) * _HLO_ITEMSIZE.get(shapes[names[1]][0], 4))
+    elif rhs[rhs_labels.index("i")] <= IM2COL_MAX_CHANNELS:
+      rows = math.prod(out_dims) // max(out_dims[out_labels.index("f")], 1)
+      need = rows * math.prod(size) * rhs[rhs_labels.index("i")] * itemsize
+    else:
+      stride = _window(m.group(4), "stride", len(spatial), 1)
+      reach = [(out_dims[out_labels.index(c)] - 1) * st + sz
+               for c, st, sz in zip(spatial, stride, size)]
+      need = (lhs[lhs_labels.index("b")] * math.prod(reach) * lhs[lhs_labels.index("f")] *
+              itemsize)
+    largest = max(largest, need)
   return largest
 
 
@@ -310,7 +353,7 @@ class Layer:
   output_shape: tuple[int, ...]
   params: int
   activation_bytes: int  # float32 output, per example
-  workspace_bytes: int  # CPU im2col patch buffer of a conv's forward pass, per example
+  workspace_bytes: int  # CPU runtime buffer of a conv's forward pass, per example
 
 
 def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
@@ -337,9 +380,13 @@ def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Lay
       rows.append(Layer("(function)", "pool", tuple(in_shape[1:]), 0, 4 * math.prod(in_shape), 0))
     kind = type(module).__name__.lower()
     workspace = 0
-    if kind == "conv":
+    if kind == "conv":  # the forward pass's buffer, as in conv_workspace_bytes
       window, c_in = math.prod(module.kernel_size), in_shape[-1]
-      workspace = 4 * math.prod(out_shape[1:-1]) * window * c_in
+      if c_in <= IM2COL_MAX_CHANNELS:
+        workspace = 4 * math.prod(out_shape[1:-1]) * window * c_in
+      else:
+        reach = [o + k - 1 for o, k in zip(out_shape[1:-1], module.kernel_size)]
+        workspace = 4 * math.prod(reach) * c_in
     n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(params.get(module.name, {})))
     rows.append(Layer(module.name, kind, tuple(out_shape[1:]), n_params,
                       4 * math.prod(out_shape), workspace))
@@ -806,14 +853,17 @@ _CHILD_MAIN = "import sys; from sgdlab import memory; memory._trial_child(sys.st
 
 
 def run_trial(config: ml_collections.ConfigDict, k: int, *, n_devices: int = 1,
-              budget_bytes: int | None = None, timeout: float | None = None) -> Trial:
-  """Train one epoch at k with the real trainer (steps and evaluation), in a fresh child.
+              budget_bytes: int | None = None, steps: int | None = TRIAL_STEPS,
+              timeout: float | None = None) -> Trial:
+  """Run the trainer's compiled programs at k in a fresh child (so a failed trial frees
+  everything): `steps` steps of its epoch scan (None: the whole epoch), then its
+  evaluation over the test set.
 
   budget_bytes (CPU): the child limits its address space (RLIMIT_AS) to what it has
   mapped after importing jax and loading the data, plus this: a real out-of-memory
   boundary at the same point where compile mode measures what is used.
   """
-  payload = json.dumps(dict(config=config_lib.to_dict(config), k=int(k),
+  payload = json.dumps(dict(config=config_lib.to_dict(config), k=int(k), steps=steps,
                             n_devices=n_devices, budget_bytes=budget_bytes))
   env = dict(os.environ)
   if jax.default_backend() == "cpu":
@@ -855,11 +905,19 @@ def _trial_child(payload_text: str) -> None:
     if payload["budget_bytes"]:
       limit = base + payload["budget_bytes"]
       resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    # What the trainer runs: its epoch scan over the whole training set, then its
-    # evaluation over the test set, with the dataset held on every device.
-    config.num_epochs = 1
-    config.checkpoint_every_epochs = 0
-    trainer.train(config, dataset=dataset, mesh=mesh)
+    # What the trainer runs, and what compile mode promises: its compiled epoch scan
+    # (cut to the first `steps`: the same buffers, a shorter loop), then its evaluation,
+    # with the dataset and the state on every device.
+    config, dataset, mesh = trainer.prepare(config, mesh, dataset)
+    program = trainer.build_program(config, dataset, mesh)
+    x_train, y_train, x_test, y_test = trainer.replicate(
+        (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), mesh)
+    state = trainer.replicate(program.init_state(), mesh)
+    data_key = trainer.replicate(trainer.data_order_key(config), mesh)
+    epoch = program.epoch_fn(max_steps=payload["steps"])
+    state, metrics = epoch(state, x_train, y_train, data_key, jnp.int32(0))
+    jax.block_until_ready(metrics)
+    jax.block_until_ready(program.evaluate_fn()(state.params, x_test, y_test))
     out.update(ok=True, peak_bytes=address_space_bytes("VmPeak") - base)
   except BaseException as e:  # pylint: disable=broad-except
     out["error"] = f"{type(e).__name__}: {str(e).strip()[:800]}"
@@ -870,10 +928,11 @@ def _trial_child(payload_text: str) -> None:
 
 def trial_search(config: ml_collections.ConfigDict, *, n_devices: int = 1,
                  budget_bytes: int | None = None, start: int = TRIAL_START,
-                 timeout: float | None = None, n_train: int | None = None) -> TrialReport:
+                 steps: int | None = TRIAL_STEPS, timeout: float | None = None,
+                 n_train: int | None = None) -> TrialReport:
   """The manual procedure: start at `start`; halve on OOM until one runs, or double
-  while it runs (PyTorch Lightning's power mode); each trial one epoch of the real
-  trainer in a fresh child. Candidates are the device count times powers of two,
+  while it runs (PyTorch Lightning's power mode); each trial runs `steps` steps of the
+  trainer's programs in a fresh child (`run_trial`). Candidates are the device count times powers of two,
   capped at the training set size.
   """
   t0 = time.perf_counter()
@@ -891,7 +950,7 @@ def trial_search(config: ml_collections.ConfigDict, *, n_devices: int = 1,
 
   def run(k: int) -> Trial:
     trial = run_trial(config, k, n_devices=n_devices, budget_bytes=budget_bytes,
-                      timeout=timeout)
+                      steps=steps, timeout=timeout)
     logging.info("trial k=%d: %s in %.1fs %s", k, "ran" if trial.ok else
                  ("OOM" if trial.oom else "error"), trial.seconds, trial.error[:200])
     trials.append(trial)

@@ -238,16 +238,21 @@ def batch_plan(n: int, batch_size: int, key: jax.Array | None) -> tuple[jax.Arra
 
 
 def make_epoch(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
-               mesh: Mesh, batch_size: int) -> Callable[..., tuple[TrainState, Metrics]]:
+               mesh: Mesh, batch_size: int,
+               max_steps: int | None = None) -> Callable[..., tuple[TrainState, Metrics]]:
   """One epoch as one compiled scan: permutation, gathers and steps stay on device.
 
   Returns jitted `epoch(state, x, y, data_key, epoch) -> (state, per-step metrics)`;
   the order depends only on (data_key, epoch), so a resumed run sees the same batches.
+  max_steps: stop after the epoch's first steps (the same program and buffers, a
+  shorter loop: what a memory trial needs).
   """
   batch_sharding = NamedSharding(mesh, P(DATA))
 
   def epoch(state, x, y, data_key, epoch_index):
     idx, mask = batch_plan(x.shape[0], batch_size, jax.random.fold_in(data_key, epoch_index))
+    if max_steps is not None:
+      idx, mask = idx[:max_steps], mask[:max_steps]
 
     def body(state, plan):
       i, m = plan

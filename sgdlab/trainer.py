@@ -51,8 +51,8 @@ class Program:
   def abstract_state(self) -> step.TrainState:
     return jax.eval_shape(self.init_state)
 
-  def epoch_fn(self):
-    return step.make_epoch(self.train_step, self.mesh, int(self.config.batch_size))
+  def epoch_fn(self, max_steps: int | None = None):
+    return step.make_epoch(self.train_step, self.mesh, int(self.config.batch_size), max_steps)
 
   def evaluate_fn(self):
     return step.make_evaluate(self.eval_step, self.mesh, self.config.eval_batch_size)

@@ -109,6 +109,22 @@ def test_epoch_with_k1_is_per_example_sgd(mesh1):
   _assert_trees_close(state.params, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_epoch_cut_to_max_steps_is_the_start_of_the_full_epoch(mesh1):
+  # Memory trials run the trainer's epoch for a few steps: the same batches, in order.
+  x, y = map(jnp.asarray, _problem(n=12))
+  tx = optax.identity()
+  state = step.init_state(MODEL, tx, (6, 6, 1), seed=0, learning_rate=0.1, lr_decay=0.0)
+  train_step = step.make_train_step(MODEL, tx, LR_FN, mesh1)
+  key = jax.random.PRNGKey(3)
+  copy = jax.tree.map(jnp.copy, state)  # the epoch donates its state
+  _, full = step.make_epoch(train_step, mesh1, 4)(state, x, y, key, jnp.int32(0))
+  short, cut = step.make_epoch(train_step, mesh1, 4, max_steps=2)(copy, x, y, key,
+                                                                 jnp.int32(0))
+  assert full["loss"].shape == (3,) and cut["loss"].shape == (2,)
+  np.testing.assert_array_equal(cut["loss"], full["loss"][:2])
+  assert int(short.step) == 2
+
+
 def test_non_finite_loss_freezes_the_state_and_records_the_step(mesh1):
   x, y = _problem(n=8)
   tx = optax.identity()
