@@ -4,7 +4,7 @@ r"""Compile mode vs trial mode: the same largest power-of-two k, and the time ea
   python experiments/benchmark_memory_search.py --memory_budget=3GiB --model=mlp
 
 The Keras MNIST CNN on the bundled 28x28 digits, one device, a fixed budget (default
-5 GiB of address space beyond what a fresh process maps after starting jax). Trial
+1.5 GiB of address space beyond what a fresh process maps after starting jax). Trial
 mode is the manual procedure: start at 512, one child process per trial running real
 train steps and an evaluation under RLIMIT_AS (a real out-of-memory boundary on CPU),
 double while it runs. Compile mode compiles the train step per candidate k and runs
@@ -23,7 +23,7 @@ from absl import app, flags
 from sgdlab import config as config_lib
 from sgdlab import memory, step
 
-_BUDGET = flags.DEFINE_string("memory_budget", "5GiB", "Per-process budget beyond start-up.")
+_BUDGET = flags.DEFINE_string("memory_budget", "1536MiB", "Per-process budget beyond start-up.")
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "mlp"], "Model to fit.")
 _START = flags.DEFINE_integer("trial_start", memory.TRIAL_START, "Trial mode's first k.")
 
