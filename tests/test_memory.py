@@ -259,6 +259,7 @@ def test_launcher_prints_a_table_and_writes_json_and_plot(tmp_path):
     (["--memory_budget=lots"], "memory_budget='lots' is invalid"),
     (["--memory_budget=1MiB"], "Nothing fits"),
     (["--image_sizes=16,x"], "image_sizes"),
+    (["--method=trial", "--trial_steps=-1"], "trial_steps=-1 is invalid"),
 ])
 def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, expected):
   out = tmp_path / "fit"
