@@ -21,11 +21,11 @@ import jax
 from absl import app, flags
 
 from sgdlab import config as config_lib
-from sgdlab import memory, step
+from sgdlab import memory, step, trials
 
 _BUDGET = flags.DEFINE_string("memory_budget", "1536MiB", "Per-process budget beyond start-up.")
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "mlp"], "Model to fit.")
-_START = flags.DEFINE_integer("trial_start", memory.TRIAL_START, "Trial mode's first k.")
+_START = flags.DEFINE_integer("trial_start", trials.TRIAL_START, "Trial mode's first k.")
 
 
 def main(argv: list[str]) -> None:
@@ -43,23 +43,23 @@ def main(argv: list[str]) -> None:
   full = memory.find_batch_size(config, budget, mesh=mesh)
   compile_full_s = time.perf_counter() - t0
 
-  trials = memory.trial_search(config, budget_bytes=budget.bytes, start=_START.value)
+  manual = trials.trial_search(config, budget_bytes=budget.bytes, start=_START.value)
   print(full.table())
   print()
-  print(trials.table())
-  touched = max((t.peak_bytes for t in trials.trials), default=0)
-  same = quick.largest_power_of_two == trials.largest_power_of_two == full.largest_power_of_two
+  print(manual.table())
+  touched = max((t.peak_bytes for t in manual.trials), default=0)
+  same = quick.largest_power_of_two == manual.largest_power_of_two == full.largest_power_of_two
   print(f"""
 {_MODEL.value} on 28x28 MNIST, one CPU device, budget {_BUDGET.value} beyond start-up
   compile mode, power of two only: k={quick.largest_power_of_two}  {compile_pow2_s:6.1f}s  \
 ({quick.compiles} compiles, nothing allocated)
   compile mode, exact k and the trainer's programs: k={full.largest_k} \
 (2^j: {full.largest_power_of_two})  {compile_full_s:6.1f}s  ({full.compiles} compiles)
-  trial mode from {_START.value}: k={trials.largest_power_of_two}  {trials.seconds:6.1f}s  \
-({len(trials.trials)} child processes; up to {memory.format_bytes(touched)} touched)
+  trial mode from {_START.value}: k={manual.largest_power_of_two}  {manual.seconds:6.1f}s  \
+({len(manual.trials)} child processes; up to {memory.format_bytes(touched)} touched)
   same power of two: {'yes' if same else 'NO'}
-  speed-up, power of two: {trials.seconds / compile_pow2_s:.1f}x; \
-with exact k and trainer check: {trials.seconds / compile_full_s:.1f}x""")
+  speed-up, power of two: {manual.seconds / compile_pow2_s:.1f}x; \
+with exact k and trainer check: {manual.seconds / compile_full_s:.1f}x""")
 
 
 if __name__ == "__main__":

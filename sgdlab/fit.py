@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sgdlab import config as config_lib
-from sgdlab import data, launch, memory, step, store
+from sgdlab import data, launch, memory, step, store, trials
 from sgdlab.errors import ConfigError
 
 # --config and --workdir are shared with sgdlab.launch, which defines them.
@@ -37,8 +37,8 @@ _TARGET = flags.DEFINE_enum("target", "", ["", "cpu", "accelerator"],
                             "Runtime terms to add (CPU conv buffers and reserve); default: "
                             "this machine's platform.")
 _EXACT = flags.DEFINE_bool("exact", True, "Also find the exact largest k, not just 2^j.")
-_TRIAL_START = flags.DEFINE_integer("trial_start", memory.TRIAL_START, "First k in trial mode.")
-_TRIAL_STEPS = flags.DEFINE_integer("trial_steps", memory.TRIAL_STEPS,
+_TRIAL_START = flags.DEFINE_integer("trial_start", trials.TRIAL_START, "First k in trial mode.")
+_TRIAL_STEPS = flags.DEFINE_integer("trial_steps", trials.TRIAL_STEPS,
                                     "Train steps per trial (then one evaluation); 0 = an epoch.")
 
 
@@ -96,17 +96,17 @@ def run(config, workdir: str) -> str:
                          else dict(image_size=s, error=str(r)) for s, r in zip(sizes, results)]
   else:
     on_cpu = mesh.devices.flat[0].platform == "cpu"
-    trials = []
+    searches = []
     for c in configs:
-      report = memory.trial_search(c, n_devices=mesh.size, start=_TRIAL_START.value,
+      report = trials.trial_search(c, n_devices=mesh.size, start=_TRIAL_START.value,
                                    steps=_TRIAL_STEPS.value or None,
                                    budget_bytes=budget.bytes * mesh.size if on_cpu else None)
       if not on_cpu:
         report.notes.append("off CPU the trials run against the device's own memory")
-      trials.append((c, report))
+      searches.append((c, report))
     text = "\n\n".join(f"input {data.describe(c.data).input_shape}: {r.table()}"
-                       for c, r in trials)
-    result["trials"] = [r.to_dict() for _, r in trials]
+                       for c, r in searches)
+    result["trials"] = [r.to_dict() for _, r in searches]
     reports = []
   result.update(budget=dict(bytes=budget.bytes, headroom=budget.headroom,
                             usable=budget.usable, source=budget.source),

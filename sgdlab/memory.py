@@ -35,20 +35,17 @@ affine fit of bytes in k and certified by compiling the boundary pair; then the 
 largest k between them, by interpolation with a bisection fallback. Finally the
 trainer's own programs (its epoch scan and its evaluation scan) are compiled at the
 answer, and the answer moves down if they need more than the step. Trial mode
-(`trial_search`) is the manual procedure, one child process per trial, for comparison.
+(`sgdlab.trials`) is the manual procedure, one child process per trial, for comparison.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import re
 import resource
-import subprocess
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -59,7 +56,6 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sgdlab import config as config_lib
 from sgdlab import data, step
 from sgdlab.errors import ConfigError
 
@@ -70,8 +66,6 @@ from sgdlab.errors import ConfigError
 # modeled bytes. tests/test_memory.py checks it against real out-of-memory failures.
 CPU_RESERVE_BYTES = 192 << 20
 CPU_RESERVE_FRACTION = 0.05
-TRIAL_START = 512
-TRIAL_STEPS = 3  # per trial, as PyTorch Lightning's batch-size finder (steps_per_trial)
 # Faster compiles with identical buffer assignment: only LLVM's work is reduced
 # (tests/test_memory.py checks the numbers are equal).
 _COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -338,7 +332,8 @@ def batch_struct(k: int, input_shape: Sequence[int], mesh: Mesh) -> dict[str, An
               y=_struct((k,), jnp.int32, sharded), mask=_struct((k,), jnp.float32, sharded))
 
 
-def _with_batch_size(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+def with_batch_size(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """A copy of the config at batch size k."""
   config = copy.deepcopy(config)
   config.batch_size = int(k)
   return config
@@ -426,7 +421,7 @@ class Estimator:
     self.epochs: dict[int, Compiled] = {}  # the trainer's epoch scan per k
 
   def program(self, k: int):
-    return self._trainer.build_program(_with_batch_size(self.config, k), self.spec, self.mesh)
+    return self._trainer.build_program(with_batch_size(self.config, k), self.spec, self.mesh)
 
   def _replicated(self, tree: Any) -> Any:
     rep = NamedSharding(self.mesh, P())
@@ -585,7 +580,8 @@ def _affine_guess(points: list[tuple[int, int]], limit: int, fixed: int) -> floa
   return math.inf if slope <= 0 else k2 + (limit - b2) / slope
 
 
-def _powers(unit: int, cap: int) -> list[int]:
+def powers_of_two(unit: int, cap: int) -> list[int]:
+  """unit, 2 unit, 4 unit, ... up to cap: the candidates of both modes."""
   return [unit << j for j in range(64) if unit << j <= cap]
 
 
@@ -633,7 +629,7 @@ def find_batch_size(config: ml_collections.ConfigDict, budget: Budget | None = N
   # Powers of two: each jump goes to the largest power the affine fit of the train
   # step's bytes predicts to fit; compiling it (and the next) certifies the answer.
   step_limit = est.without_reserve(usable) - est.data_bytes
-  powers = _powers(est.unit, est.cap)
+  powers = powers_of_two(est.unit, est.cap)
   lo, hi = est.unit, None  # largest power known to fit, smallest known not to
   while lo < powers[-1] and (hi is None or hi > 2 * lo):
     points = [(k, c.total) for k, c in est.probes.items()]
@@ -800,180 +796,4 @@ def resolve_auto_batch_size(config: ml_collections.ConfigDict, dataset: data.Dat
   logging.info("batch_size=auto: k=%d (largest power of two: %d) in %.1fs\n%s",
                report.chosen, report.largest_power_of_two, report.search_seconds,
                report.table())
-  return _with_batch_size(config, report.chosen)
-
-
-# ------------------------------------------------------------------ trial mode
-
-
-_OOM_PATTERNS = re.compile(
-    r"RESOURCE_EXHAUSTED|out of memory|bad_alloc|MemoryError|Cannot allocate memory|"
-    r"failed to allocate|INTERNAL.*operation failed|failed to map segment|"
-    r"error return without exception set", re.IGNORECASE)
-
-
-def is_oom(text: str) -> bool:
-  """Whether an error text is an allocation failure (XLA, allocator, Python, loader)."""
-  return bool(_OOM_PATTERNS.search(text or ""))
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-  k: int
-  ok: bool
-  oom: bool
-  seconds: float
-  error: str = ""
-  peak_bytes: int = 0  # the child's address-space growth after the budget was set (CPU)
-  startup_seconds: float = 0.0  # importing jax, loading the data, starting the runtime
-
-
-@dataclasses.dataclass
-class TrialReport:
-  largest_power_of_two: int | None
-  trials: list[Trial]
-  seconds: float
-  notes: list[str]
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def table(self) -> str:
-    lines = [f"trial mode: largest power of two that ran: k={self.largest_power_of_two} "
-             f"[{len(self.trials)} trials, {self.seconds:.1f}s]", "",
-             f"{'k':>8}  {'result':<8} {'seconds':>8}  error"]
-    for t in self.trials:
-      result = "ran" if t.ok else ("OOM" if t.oom else "error")
-      lines.append(f"{t.k:>8}  {result:<8} {t.seconds:>8.1f}  {t.error[:100]}")
-    lines += [f"note: {n}" for n in self.notes]
-    return "\n".join(lines)
-
-
-_CHILD_MAIN = "import sys; from sgdlab import memory; memory._trial_child(sys.stdin.read())"
-
-
-def run_trial(config: ml_collections.ConfigDict, k: int, *, n_devices: int = 1,
-              budget_bytes: int | None = None, steps: int | None = TRIAL_STEPS,
-              timeout: float | None = None) -> Trial:
-  """Run the trainer's compiled programs at k in a fresh child (so a failed trial frees
-  everything): `steps` steps of its epoch scan (None: the whole epoch), then its
-  evaluation over the test set.
-
-  budget_bytes (CPU): the child limits its address space (RLIMIT_AS) to what it has
-  mapped after importing jax and loading the data, plus this: a real out-of-memory
-  boundary at the same point where compile mode measures what is used.
-  """
-  payload = json.dumps(dict(config=config_lib.to_dict(config), k=int(k), steps=steps,
-                            n_devices=n_devices, budget_bytes=budget_bytes))
-  env = dict(os.environ)
-  if jax.default_backend() == "cpu":
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_devices}".strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
-  t0 = time.perf_counter()
-  try:
-    proc = subprocess.run([sys.executable, "-c", _CHILD_MAIN], input=payload, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-  except subprocess.TimeoutExpired:
-    return Trial(k, False, False, time.perf_counter() - t0, f"timed out after {timeout}s")
-  seconds = time.perf_counter() - t0
-  result = next((json.loads(line[len("TRIAL "):]) for line in proc.stdout.splitlines()
-                 if line.startswith("TRIAL ")), None)
-  if result is not None and result["ok"]:
-    return Trial(k, True, False, seconds, peak_bytes=result["peak_bytes"],
-                 startup_seconds=result["startup_seconds"])
-  error = result["error"] if result else (proc.stderr.strip().splitlines() or [""])[-1]
-  if proc.returncode < 0:
-    error = f"killed by signal {-proc.returncode}; {error}"
-  oom = proc.returncode < 0 or is_oom(error) or is_oom(proc.stderr[-4000:])
-  return Trial(k, False, oom, seconds, error[:500])
-
-
-def _trial_child(payload_text: str) -> None:
-  """The child of run_trial: prints one 'TRIAL {json}' line, whatever happens."""
-  payload = json.loads(payload_text)
-  out: dict[str, Any] = dict(ok=False, error="", peak_bytes=0, startup_seconds=0.0)
-  t0 = time.perf_counter()
-  try:
-    from sgdlab import trainer  # pylint: disable=g-import-not-at-top
-    config = _with_batch_size(config_lib.from_dict(payload["config"]), payload["k"])
-    dataset = data.load(config.data)
-    mesh = step.make_mesh(jax.devices()[:payload["n_devices"]])
-    warm_up(mesh)
-    base = address_space_bytes()
-    out["startup_seconds"] = time.perf_counter() - t0
-    if payload["budget_bytes"]:
-      limit = base + payload["budget_bytes"]
-      resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    # What the trainer runs, and what compile mode promises: its compiled epoch scan
-    # (cut to the first `steps`: the same buffers, a shorter loop), then its evaluation,
-    # with the dataset and the state on every device.
-    config, dataset, mesh = trainer.prepare(config, mesh, dataset)
-    program = trainer.build_program(config, dataset, mesh)
-    x_train, y_train, x_test, y_test = trainer.replicate(
-        (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), mesh)
-    state = trainer.replicate(program.init_state(), mesh)
-    data_key = trainer.replicate(trainer.data_order_key(config), mesh)
-    epoch = program.epoch_fn(max_steps=payload["steps"])
-    state, metrics = epoch(state, x_train, y_train, data_key, jnp.int32(0))
-    jax.block_until_ready(metrics)
-    jax.block_until_ready(program.evaluate_fn()(state.params, x_test, y_test))
-    out.update(ok=True, peak_bytes=address_space_bytes("VmPeak") - base)
-  except BaseException as e:  # pylint: disable=broad-except
-    out["error"] = f"{type(e).__name__}: {str(e).strip()[:800]}"
-  print("TRIAL " + json.dumps(out), flush=True)
-  sys.stdout.flush()
-  os._exit(0)  # skip teardown: a process near its memory limit can fail while exiting
-
-
-def trial_search(config: ml_collections.ConfigDict, *, n_devices: int = 1,
-                 budget_bytes: int | None = None, start: int = TRIAL_START,
-                 steps: int | None = TRIAL_STEPS, timeout: float | None = None,
-                 n_train: int | None = None) -> TrialReport:
-  """The manual procedure: start at `start`; halve on OOM until one runs, or double
-  while it runs (PyTorch Lightning's power mode); each trial runs `steps` steps of the
-  trainer's programs in a fresh child (`run_trial`). Candidates are the device count times powers of two,
-  capped at the training set size.
-  """
-  t0 = time.perf_counter()
-  unit = n_devices * (2 if config.noise_scale and n_devices == 1 else 1)
-  n_train = data.describe(config.data).n_train if n_train is None else n_train
-  powers = _powers(unit, n_train // unit * unit)
-  notes = []
-  if not powers:
-    raise ConfigError("data.n_train", n_train, f"at least {unit} training examples")
-  k = max([p for p in powers if p <= max(start, unit)], default=unit)
-  if k < start:
-    notes.append(f"start {start} capped at {k} (device count x power of two, at most the "
-                 f"training set size {n_train})")
-  trials: list[Trial] = []
-
-  def run(k: int) -> Trial:
-    trial = run_trial(config, k, n_devices=n_devices, budget_bytes=budget_bytes,
-                      steps=steps, timeout=timeout)
-    logging.info("trial k=%d: %s in %.1fs %s", k, "ran" if trial.ok else
-                 ("OOM" if trial.oom else "error"), trial.seconds, trial.error[:200])
-    trials.append(trial)
-    if not trial.ok and not trial.oom:
-      raise RuntimeError(f"trial k={k} failed without running out of memory: {trial.error}")
-    return trial
-
-  first = run(k)
-  best = None
-  if first.ok:
-    best = k
-    while 2 * best <= powers[-1]:
-      trial = run(2 * best)
-      if not trial.ok:
-        break
-      best = trial.k
-    if 2 * best > powers[-1]:
-      notes.append(f"capped at the training set size {n_train}")
-  else:
-    while k > unit:
-      k //= 2
-      trial = run(k)
-      if trial.ok:
-        best = k
-        break
-  return TrialReport(best, trials, time.perf_counter() - t0, notes)
+  return with_batch_size(config, report.chosen)

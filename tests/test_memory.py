@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
-import os
 import subprocess
 import sys
 
@@ -20,7 +18,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from sgdlab import config as config_lib
-from sgdlab import data, memory, trainer
+from sgdlab import data, memory, trainer, trials
 from sgdlab.errors import ConfigError
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -274,7 +272,7 @@ def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, a
 #
 # A budget B means: B bytes of address space beyond what the process maps after
 # importing jax, loading the data and starting the runtime's threads. Trial children
-# set RLIMIT_AS to exactly that (sgdlab.memory.run_trial); the trainer child below
+# set RLIMIT_AS to exactly that (sgdlab.trials.run_trial); the trainer child below
 # sets it and lets batch_size="auto" measure the budget itself.
 
 _TRAIN_UNDER_LIMIT = r"""
@@ -351,10 +349,10 @@ def check_against_real_oom(config, est, budget_bytes: int) -> tuple[int, int]:
   """
   report = memory.find_batch_size(config, budget(budget_bytes), estimator=est)
   p, k = report.largest_power_of_two, report.largest_k
-  chosen = memory.run_trial(config, k, budget_bytes=budget_bytes, steps=1, timeout=600)
+  chosen = trials.run_trial(config, k, budget_bytes=budget_bytes, steps=1, timeout=600)
   assert chosen.ok, f"compile mode chose k={k} (2^j: {p}) but it failed: {chosen.error}"
   assert 2 * p > est.cap or est.total(2 * p) > report.budget.usable  # predicted not to fit
-  doubled = memory.run_trial(config, 2 * p, budget_bytes=budget_bytes, steps=1, timeout=600)
+  doubled = trials.run_trial(config, 2 * p, budget_bytes=budget_bytes, steps=1, timeout=600)
   assert not doubled.ok and doubled.oom, (report.table(), doubled)
   return p, k
 
@@ -374,22 +372,22 @@ def test_compile_mode_matches_real_out_of_memory(model, mesh1):
 
 def test_trial_mode_doubles_halves_and_caps(monkeypatch):
   # The procedure alone, with a fake child that runs out of memory above k=3000.
-  fake = lambda config, k, **kw: memory.Trial(k, k <= 3000, k > 3000, 0.0)
-  monkeypatch.setattr(memory, "run_trial", fake)
+  fake = lambda config, k, **kw: trials.Trial(k, k <= 3000, k > 3000, 0.0)
+  monkeypatch.setattr(trials, "run_trial", fake)
   config = tiny("mlp", n_train=16384)
-  up = memory.trial_search(config, start=512)
+  up = trials.trial_search(config, start=512)
   assert [t.k for t in up.trials] == [512, 1024, 2048, 4096]
-  down = memory.trial_search(config, start=16384)
+  down = trials.trial_search(config, start=16384)
   assert [t.k for t in down.trials] == [16384, 8192, 4096, 2048]
   assert up.largest_power_of_two == down.largest_power_of_two == 2048
-  capped = memory.trial_search(tiny("mlp", n_train=1000), start=4096)
+  capped = trials.trial_search(tiny("mlp", n_train=1000), start=4096)
   assert capped.trials[0].k == 512 and capped.largest_power_of_two == 512
   assert any("capped" in n for n in capped.notes)
   # A failure that is not out-of-memory stops the search instead of halving past it.
-  monkeypatch.setattr(memory, "run_trial", lambda c, k, **kw: memory.Trial(k, False, False,
+  monkeypatch.setattr(trials, "run_trial", lambda c, k, **kw: trials.Trial(k, False, False,
                                                                           0.0, "TypeError"))
   with pytest.raises(RuntimeError, match="without running out of memory"):
-    memory.trial_search(config, start=512)
+    trials.trial_search(config, start=512)
 
 
 @pytest.mark.parametrize("text, oom", [
@@ -398,7 +396,7 @@ def test_trial_mode_doubles_halves_and_caps(monkeypatch):
     ("terminate called after throwing an instance of 'std::bad_alloc'", True),
     ("MemoryError: ", True), ("ValueError: bad shape", False)])
 def test_allocation_failures_count_as_out_of_memory(text, oom):
-  assert memory.is_oom(text) == oom
+  assert trials.is_oom(text) == oom
 
 
 def test_auto_batch_size_trains_under_the_limit_it_measured(mesh1):
@@ -420,8 +418,8 @@ def test_compile_mode_matches_the_whole_trial_procedure(model, mesh1):
   powers = OOM_POWERS[model]
   for p, b in zip(powers, agreement_budgets(est, powers)):
     report = memory.find_batch_size(config, budget(b), estimator=est)
-    trials = memory.trial_search(config, budget_bytes=b, start=512, timeout=1800)
-    assert report.largest_power_of_two == trials.largest_power_of_two == p, trials.table()
-    assert [t.k for t in trials.trials] == [512 << j for j in range(len(trials.trials))]
-    assert memory.run_trial(config, report.largest_k, budget_bytes=b, timeout=1800).ok
+    manual = trials.trial_search(config, budget_bytes=b, start=512, timeout=1800)
+    assert report.largest_power_of_two == manual.largest_power_of_two == p, manual.table()
+    assert [t.k for t in manual.trials] == [512 << j for j in range(len(manual.trials))]
+    assert trials.run_trial(config, report.largest_k, budget_bytes=b, timeout=1800).ok
     assert p <= train_auto_under_limit(config, b)["k"] < 2 * p
