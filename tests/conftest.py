@@ -12,7 +12,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from sgdlab import step  # noqa: E402
+from sgdlab import config as config_lib  # noqa: E402
+from sgdlab import step, sweep  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,3 +36,22 @@ def subprocess_env(n_devices: int = 1) -> dict:
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env["JAX_PLATFORMS"] = "cpu"
   return env
+
+
+def tiny_config(**overrides):
+  """A run of seconds: 200 synthetic 8x8 examples, an MLP of 32, k=32, 3 epochs.
+
+  Overrides by field name, dotted for nested ones: tiny_config(**{"model.name": "cnn"}).
+  """
+  c = config_lib.default_config()
+  c.data.name = "synthetic"
+  c.data.synthetic_n_train = 200
+  c.data.synthetic_n_test = 64
+  c.data.synthetic_input_shape = (8, 8, 1)
+  c.model.hidden = (32,)
+  c.batch_size = 32
+  c.num_epochs = 3
+  c.learning_rate = 0.5
+  for key, value in overrides.items():
+    sweep.set_field(c, key, value, where=key)
+  return c

@@ -5,24 +5,14 @@ import math
 import numpy as np
 import pytest
 
-import sgdlab
+import conftest
 from sgdlab import population, sweep, trainer
 from sgdlab.errors import ConfigError
 
 
 def tiny_config(**overrides):
-  c = sgdlab.default_config()
-  c.data.name = "synthetic"
-  c.data.synthetic_n_train = 200
-  c.data.synthetic_n_test = 64
-  c.data.synthetic_input_shape = (8, 8, 1)
-  c.model.hidden = (32,)
-  c.batch_size = 32
-  c.num_epochs = 2
-  c.learning_rate = 0.5
-  for key, value in overrides.items():
-    sweep.set_field(c, key, value, where=key)
-  return c
+  """conftest's tiny run, 2 epochs."""
+  return conftest.tiny_config(**{"num_epochs": 2, **overrides})
 
 
 def assert_same_history(member, alone, rtol=1e-4, atol=1e-5):

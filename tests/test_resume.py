@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-import sgdlab
+import conftest
 from conftest import subprocess_env
 from sgdlab import store, trainer
 
@@ -22,23 +22,8 @@ TIMING_KEYS = ("wall_time", "examples_per_sec")
 
 
 def tiny_config(**overrides):
-  c = sgdlab.default_config()
-  c.data.name = "synthetic"
-  c.data.synthetic_n_train = 200
-  c.data.synthetic_n_test = 64
-  c.data.synthetic_input_shape = (8, 8, 1)
-  c.model.hidden = (32,)
-  c.batch_size = 32
-  c.num_epochs = 4
-  c.learning_rate = 0.5
-  c.checkpoint_every_epochs = 1
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  """conftest's tiny run, 4 epochs, checkpointing after each."""
+  return conftest.tiny_config(**{"num_epochs": 4, "checkpoint_every_epochs": 1, **overrides})
 
 
 def assert_same_run(a, b):

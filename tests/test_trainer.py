@@ -12,24 +12,7 @@ from sgdlab import data, metrics, trainer
 from sgdlab.errors import ConfigError
 from sgdlab.history import History
 
-
-def tiny_config(**overrides):
-  c = sgdlab.default_config()
-  c.data.name = "synthetic"
-  c.data.synthetic_n_train = 200
-  c.data.synthetic_n_test = 64
-  c.data.synthetic_input_shape = (8, 8, 1)
-  c.model.hidden = (32,)
-  c.batch_size = 32
-  c.num_epochs = 3
-  c.learning_rate = 0.5
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+from conftest import tiny_config
 
 
 def test_history_has_per_epoch_and_per_step_curves(mesh1):
