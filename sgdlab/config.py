@@ -128,6 +128,17 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return config.to_dict()
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested dict as {"dotted.name": leaf}: how fields are compared and overridden."""
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
   """Inverse of to_dict, merged over the defaults so files from older versions load."""
   config = default_config()

@@ -48,22 +48,12 @@ MEMBER_FIELDS = ("learning_rate", "lr_decay", "seed")
 _LABEL_FIELDS = ("name", "sweep", "population")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def shared_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Every field a population's members must agree on, flattened to dotted names."""
   d = config_lib.to_dict(config)
   for key in MEMBER_FIELDS + _LABEL_FIELDS:
     d.pop(key, None)
-  return _flat(d)
+  return config_lib.flatten(d)
 
 
 def _group_key(config: ml_collections.ConfigDict) -> str:

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sgdlab import config as config_lib
 from sgdlab.history import History
 
 STATUSES = ("running", "done", "diverged", "failed")
@@ -140,16 +141,7 @@ def config_difference(stored: dict[str, Any], wanted: dict[str, Any]) -> str | N
 
   Fields the point leaves to be resolved at run time ("auto") match any stored value.
   """
-  def flat(d, prefix=""):
-    out = {}
-    for key, value in d.items():
-      if isinstance(value, dict):
-        out.update(flat(value, f"{prefix}{key}."))
-      else:
-        out[f"{prefix}{key}"] = value
-    return out
-
-  normal = lambda d: flat(json.loads(json.dumps(d, default=str)))
+  normal = lambda d: config_lib.flatten(json.loads(json.dumps(d, default=str)))
   a, b = normal(stored), normal(wanted)
   for key in sorted(set(a) | set(b)):
     if key.split(".")[0] in NON_RESULT_FIELDS or b.get(key) == "auto":
