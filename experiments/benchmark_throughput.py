@@ -5,9 +5,10 @@ r"""Throughput of sgdlab's compiled epoch against a hand-written JAX loop and Py
 Same MLP 784-512-512-10, same 4,000 bundled MNIST training digits, plain SGD with
 Keras inverse-time decay, on one device. Three loops, each seeing every example once
 per epoch:
-* sgdlab: the Program's compiled epoch (`sgdlab.trainer.build_program(...).epoch_fn()`)
-  plus the host syncs the trainer does per epoch (per-step metrics, diverged_at); the
-  test-set evaluation the trainer adds is left out, as the other loops have none.
+* sgdlab: the Run the trainer builds (`sgdlab.train.run.create_run`): its epoch plan
+  and advance program, plus the host syncs the loop does per epoch (per-step metrics,
+  diverged_at); the test-set evaluation the loop adds is left out, as the other loops
+  have none.
 * JAX loop: a pure-jnp MLP and optax.sgd, data on device, one jitted epoch of
   permutation + gather + `lax.scan` over full batches, then one step on the remainder.
 * PyTorch (only if `import torch` works): a plain loop over pre-shuffled CPU tensors,
@@ -44,7 +45,9 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 
 from sgdlab import config as config_lib
-from sgdlab import data, step, trainer
+from sgdlab import data
+from sgdlab.train import run as run_lib
+from sgdlab.train import step
 
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per loop and k in each repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Passes over all batch sizes.")
@@ -89,18 +92,15 @@ def _flax_to_layers(params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def make_sgdlab_loop(dataset: data.Dataset, k: int, mesh: Mesh, *, lr: float, decay: float,
                      seed: int = 0, hidden: tuple[int, ...] = HIDDEN) -> Loop:
-  """sgdlab's own epoch program, set up exactly as `sgdlab.trainer.train` does."""
+  """sgdlab's own Run, built and driven as `sgdlab.train.loop` does."""
   config = _bench_config(k, lr, decay, seed, hidden)
-  config_lib.validate(config, n_devices=mesh.size, n_train=dataset.n_train)
-  program = trainer.build_program(config, dataset, mesh)
-  x, y = trainer.replicate((dataset.x_train, dataset.y_train), mesh)
-  data_key = trainer.replicate(jax.random.fold_in(jax.random.PRNGKey(seed), 1), mesh)
-  box = dict(state=trainer.replicate(program.init_state(), mesh))
-  epoch_fn = program.epoch_fn().lower(box["state"], x, y, data_key, jnp.int32(0)).compile()
+  resolved = config_lib.resolve(config, n_devices=mesh.size, spec=dataset.spec())
+  run = run_lib.create_run(resolved, dataset, mesh)
+  box = dict(state=run.init_state())
 
   def run_epoch(e: int) -> float:
-    box["state"], metrics = epoch_fn(box["state"], x, y, data_key, jnp.int32(e))
-    metrics = jax.device_get(metrics)  # the trainer's one sync per epoch
+    box["state"], metrics = run.advance(box["state"], run.plan(e))
+    metrics = jax.device_get(metrics)  # the loop's one sync per epoch
     if int(box["state"].diverged_at) >= 0:
       raise FloatingPointError(f"sgdlab diverged at k={k}; lower --learning_rate")
     return float(metrics["loss"][-1])

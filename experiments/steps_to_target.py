@@ -34,20 +34,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from sgdlab import cli
 from sgdlab import config as config_lib
-from sgdlab import data, noise, step, trainer
+from sgdlab import data, noise
 from sgdlab.errors import ConfigError
+from sgdlab.train import api, loop
+from sgdlab.train import run as run_lib
+from sgdlab.train import step
 
 METRICS = ("test_accuracy", "train_loss")
 
@@ -90,7 +91,7 @@ def batch_sizes(config: ml_collections.ConfigDict, n_train: int) -> list[int]:
 
 def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> None:
   """ConfigError for anything that cannot run, before any compile."""
-  config_lib.validate(config)
+  config_lib.resolve(config, n_devices=1)
   s = config.steps_to_target
   if s.metric not in METRICS:
     raise ConfigError("steps_to_target.metric", s.metric, f"one of {list(METRICS)}")
@@ -123,76 +124,46 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
 # ------------------------------------------------------------------ steps to target
 
 
-def make_runner(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k: int):
-  """A compiled `run(learning_rate, limit) -> (steps or None, status)` for one k.
+def eval_schedule(limit: int, growth: float) -> list[int]:
+  """Steps after which the target metric is checked: 1, 2, ..., then growing by `growth`."""
+  steps, t = [], 1
+  while t <= limit:
+    steps.append(t)
+    t = max(t + 1, math.ceil(t * growth))
+  return steps
 
-  The whole run is one `lax.while_loop` around the sgdlab train step: a step, and at
-  the scheduled step counts an evaluation of the target metric, until the target, the
-  limit (steps) or divergence. lr lives in the state, so one compile serves every lr.
+
+def make_runner(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k: int):
+  """`run_lr(learning_rate, limit) -> result` for one k, through sgdlab's Run and loop.
+
+  One Run per k (compiled once: lr lives in the state), full batches only
+  (drop_remainder), the metric checked at `eval_schedule` until the target, the limit
+  or divergence.
   """
   s = config.steps_to_target
   c = config.copy_and_resolve_references()
-  c.batch_size = k
-  program = trainer.build_program(c, dataset, mesh)
-  n = dataset.n_train
-  per_epoch = n // k  # full batches only: every step sees exactly k examples
-  evaluate = program.evaluate_fn()
-  x, y, x_test, y_test = trainer.replicate(
-      (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), mesh)
-  x_eval, y_eval = (x_test, y_test) if s.metric == "test_accuracy" else (x, y)
-  key = trainer.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step.DATA))
-  accuracy = s.metric == "test_accuracy"
-
-  def run(state, x, y, x_eval, y_eval, key, limit):
-    def metric(params):
-      out = evaluate(params, x_eval, y_eval)
-      return out["accuracy"] if accuracy else out["loss"]
-
-    def body(carry):
-      state, order, next_eval, reached, last = carry
-      t = state.step
-      pos = t % per_epoch
-      order = jax.lax.cond(pos == 0, lambda: jax.random.permutation(
-          jax.random.fold_in(key, t // per_epoch), n).astype(jnp.int32), lambda: order)
-      i = jax.lax.dynamic_slice(order, (pos * k,), (k,))
-      batch = jax.lax.with_sharding_constraint(
-          dict(x=x[i], y=y[i], mask=jnp.ones((k,), jnp.float32)), sharding)
-      state, _ = program.train_step(state, batch)
-      t1 = state.step
-      check = (t1 >= next_eval) & (state.diverged_at < 0)
-      value = jax.lax.cond(check, metric, lambda p: jnp.float32(jnp.nan), state.params)
-      hit = check & ((value >= s.target) if accuracy else (value <= s.target))
-      grown = jnp.ceil(t1.astype(jnp.float32) * s.eval_growth).astype(jnp.int32)
-      return (state, order, jnp.where(check, jnp.maximum(t1 + 1, grown), next_eval),
-              jnp.where(hit, t1, reached), jnp.where(check, value, last))
-
-    def cond(carry):
-      state, _, _, reached, _ = carry
-      return (state.step < limit) & (reached < 0) & (state.diverged_at < 0)
-
-    carry = (state, jnp.zeros((n,), jnp.int32), jnp.int32(1), jnp.int32(-1),
-             jnp.float32(jnp.nan))
-    state, _, _, reached, last = jax.lax.while_loop(cond, body, carry)
-    return reached, state.diverged_at, state.step, last
-
-  init = trainer.replicate(program.init_state(), mesh)
-  compiled = jax.jit(run).lower(init, x, y, x_eval, y_eval, key, jnp.int32(1)).compile()
+  c.batch_size, c.drop_remainder = k, True
+  per_epoch = dataset.n_train // k
+  budget = int(min(s.max_steps, max(1, s.max_examples // k)))
+  c.num_epochs = max(int(c.num_epochs), math.ceil(budget / per_epoch))
+  resolved = config_lib.resolve(c, n_devices=mesh.size, spec=dataset.spec())
+  base = run_lib.create_run(resolved, dataset, mesh)
+  target = loop.Target(s.metric, float(s.target))
 
   def run_lr(learning_rate: float, limit: int) -> dict[str, Any]:
-    state = init.replace(hparams=dict(init.hparams, learning_rate=jnp.float32(learning_rate)))
-    state = trainer.replicate(state, mesh)
+    run = base.for_members([resolved.with_fields(learning_rate=float(learning_rate))])
     start = time.perf_counter()
-    reached, diverged_at, steps, last = jax.device_get(
-        compiled(state, x, y, x_eval, y_eval, key, jnp.int32(limit)))
-    if reached >= 0:
+    (h,) = loop.run_loop(run, eval_steps=eval_schedule(limit, s.eval_growth), target=target,
+                         max_steps=limit)
+    if h.reached is not None:
       status = "reached"
-    elif diverged_at >= 0:
-      status = f"diverged at step {int(diverged_at) + 1}"
+    elif h.diverged:
+      status = h.diverged.split(" (")[0]
     else:
-      status = f"not reached in {int(steps)} steps (last {s.metric} {float(last):.4f})"
-    return dict(k=k, learning_rate=learning_rate, steps=int(reached) if reached >= 0 else None,
-                status=status, wall_time=time.perf_counter() - start)
+      last = h.evals.get(s.metric, [math.nan])[-1]
+      status = f"not reached in {limit} steps (last {s.metric} {float(last):.4f})"
+    return dict(k=k, learning_rate=learning_rate, steps=h.reached, status=status,
+                wall_time=time.perf_counter() - start)
 
   return run_lr
 
@@ -260,7 +231,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
               learning_rate: float, steps: int) -> dict[str, Any]:
   """Ordinary training with noise_scale=True, and exact B_simple at its checkpoints.
 
-  Runs sgdlab.trainer.train for enough epochs to cover `steps`; the checkpoints are
+  Runs sgdlab.train.api.train for enough epochs to cover `steps`; the checkpoints are
   the same run stopped after fewer epochs (same seed, so the same trajectory).
   """
   s = config.steps_to_target
@@ -269,7 +240,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
   steps_per_epoch = math.ceil(dataset.n_train / k)
   epochs = max(1, math.ceil(steps / steps_per_epoch))
   c.num_epochs = epochs
-  history = trainer.train(c, dataset=dataset, mesh=mesh)
+  history = api.train(c, dataset=dataset, mesh=mesh)
   n = dataset.n_train
   grad_sq, trace = np.asarray(history.steps["grad_sq"]), np.asarray(history.steps["trace_sigma"])
   # The trainer's estimates treat the data as infinite; correct them for the n examples
@@ -282,7 +253,8 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
 
   ckpt_epochs = sorted({0, *np.unique(np.round(np.geomspace(1, epochs, s.noise_checkpoints))
                                       .astype(int)).tolist()})
-  program = trainer.build_program(c, dataset, mesh)
+  program = run_lib.build_program(config_lib.resolve(c, n_devices=mesh.size,
+                                                     spec=dataset.spec()), mesh)
   loss_fn = noise.classifier_loss(program.model)
   checkpoints = []
   for e in ckpt_epochs:
@@ -291,8 +263,8 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
     else:
       c_e = c.copy_and_resolve_references()
       c_e.num_epochs = e
-      state = history.state if e == epochs else trainer.train(c_e, dataset=dataset,
-                                                              mesh=mesh).state
+      state = history.state if e == epochs else api.train(c_e, dataset=dataset,
+                                                          mesh=mesh).state
     t0 = time.perf_counter()
     ex = noise.exact(loss_fn, state.params, dataset.x_train, dataset.y_train)
     t_exact = time.perf_counter() - t0
@@ -369,7 +341,7 @@ def _finite(x):
 
 def experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole experiment; returns what results.json holds."""
-  from sgdlab import noise_plots  # matplotlib only here
+  from sgdlab.results import noise_figures  # matplotlib only here
   s = config.steps_to_target
   dataset = data.load(config.data)
   validate(config, dataset.n_train)
@@ -415,8 +387,8 @@ def experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   text = table(ks, runs, best, fit)
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(text + "\n\n" + noise_table(noise_result) + "\n")
-  noise_plots.steps_figure(result, os.path.join(workdir, "steps_to_target.png"))
-  noise_plots.noise_figure(result, os.path.join(workdir, "noise_scale.png"))
+  noise_figures.steps_figure(result, os.path.join(workdir, "steps_to_target.png"))
+  noise_figures.noise_figure(result, os.path.join(workdir, "noise_scale.png"))
   print(text)
   if fit:
     print(f"fit S = S_min (1 + B_noise / k): S_min = {fit.s_min:.1f} steps, "
@@ -427,31 +399,14 @@ def experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   return result
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag or override is one line on stderr and exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    cause = e.__cause__ or e.__context__ or e
-    text = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
-    print(f"error: {text}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
   del argv
-  config = flags.FLAGS.config
-  try:
-    validate(config, data.describe(config.data).n_train)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  experiment(config, flags.FLAGS.workdir)
+  config = cli.config()
+  cli.call(lambda: validate(config, data.describe(config.data).n_train))
+  experiment(config, flags.FLAGS.workdir or "runs/steps_to_target")
 
 
 if __name__ == "__main__":
   # Flags only when run: config_flags imports this file again to call get_config.
-  config_flags.DEFINE_config_file("config", os.path.abspath(__file__),
-                                  "This file, or another with get_config().")
-  flags.DEFINE_string("workdir", "runs/steps_to_target", "Output folder.")
-  app.run(main, flags_parser=parse_flags)
+  cli.define_config_flags(os.path.abspath(__file__))
+  cli.main(main)

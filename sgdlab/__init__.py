@@ -1,16 +1,22 @@
-"""sgdlab: measured, reproducible experiments on batch size and learning rate in SGD."""
+"""sgdlab: measured, reproducible experiments on batch size and learning rate in SGD.
+
+The flow, by folder: config (validated once) -> data -> models -> train (the one step,
+the Run, the one loop) -> results; sweep/ expands and runs experiments, memory/ finds
+the batch size that fits. `launch`, `fit` and `report` are the command lines.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from sgdlab.config import default_config
+from sgdlab.config import default_config, set_field
 from sgdlab.errors import ConfigError
-from sgdlab.history import History
-from sgdlab.trainer import train
+from sgdlab.results.history import History
+from sgdlab.train.api import train, train_population
 
-__all__ = ["ConfigError", "History", "default_config", "train", "train_network_decay"]
+__all__ = ["ConfigError", "History", "default_config", "find_batch_size", "train",
+           "train_network_decay", "train_population"]
 
 # Shortcuts for train_network_decay's options: a name field's parent.
 _NAME_SHORTCUTS = {"model": "model.name", "dataset": "data.name", "schedule": "schedule.name",
@@ -33,21 +39,14 @@ def train_network_decay(learning_rate: float, lr_decay: float, batch_size: int, 
   config.batch_size = batch_size
   config.num_epochs = n_epochs
   for key, value in options.items():
-    path = _NAME_SHORTCUTS.get(key, key.replace("__", "."))
-    _set(config, path, value)
+    set_field(config, _NAME_SHORTCUTS.get(key, key.replace("__", ".")), value)
   history = train(config)
   if plot:
     history.plot(None if plot is True else plot)
   return history
 
 
-def _set(config, path: str, value: Any) -> None:
-  *parents, leaf = path.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      raise ConfigError(path, value, f"a known field; config has no '{p}'")
-    node = node[p]
-  if leaf not in node:
-    raise ConfigError(path, value, f"a known field; valid here: {sorted(node.keys())}")
-  node[leaf] = tuple(value) if isinstance(value, list) else value
+def find_batch_size(*args: Any, **kwargs: Any):
+  """The largest k whose compiled train step fits a budget (`sgdlab.memory.search`)."""
+  from sgdlab.memory import search  # pylint: disable=g-import-not-at-top
+  return search.find_batch_size(*args, **kwargs)

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sgdlab import step as step_lib
+from sgdlab.train import step as step_lib
 
 # (params, x, y) for ONE example (no batch axis) -> scalar loss.
 ExampleLoss = Callable[[Any, jax.Array, jax.Array], jax.Array]

@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from sgdlab import config as config_lib  # noqa: E402
-from sgdlab import step, sweep  # noqa: E402
+from sgdlab.train import step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,5 +53,5 @@ def tiny_config(**overrides):
   c.num_epochs = 3
   c.learning_rate = 0.5
   for key, value in overrides.items():
-    sweep.set_field(c, key, value, where=key)
+    config_lib.set_field(c, key, value)
   return c

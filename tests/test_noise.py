@@ -14,7 +14,9 @@ import pytest
 
 import sgdlab
 from conftest import REPO, subprocess_env
-from sgdlab import models, noise, step, trainer
+from sgdlab import models, noise
+from sgdlab.train import api as trainer
+from sgdlab.train import step
 
 
 # ------------------------------------------------------------------ linear regression

@@ -1,0 +1,47 @@
+"""The default run config: the classic Keras MNIST run, and every field a run reads.
+
+A config is one ml_collections.ConfigDict. Experiment files in experiments/ start from
+`default_config()` and change fields; `sgdlab.config.resolve` validates it once.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from sgdlab import data, models, optim
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """MLP 784-512-512-10, SGD lr=1 with Keras decay 1e-3, k=32, 10 epochs, bundled MNIST."""
+  c = ml_collections.ConfigDict()
+  c.name = ""  # run name in logs and legends; "" derives one from k, lr and decay
+  c.seed = 0  # parameter init, data order (seed, epoch) and dropout all derive from it
+  # global k, split evenly over all devices; "auto": the largest that fits (sgdlab.memory)
+  c.batch_size = config_dict.FieldReference(32, field_type=object)
+  c.num_epochs = 10
+  c.learning_rate = 1.0
+  c.lr_decay = 1e-3  # Keras' SGD(decay=...): lr_t = lr / (1 + decay * t) with inverse_time
+  c.lr_scaling = "none"  # none | linear | sqrt: scale learning_rate from base_batch_size to k
+  c.base_batch_size = 256
+  c.drop_remainder = False  # True: skip each epoch's partial last batch (every step sees k)
+  # Steps per compiled call: 0 = a whole epoch in one scan (fastest for dense models);
+  # 1 = one dispatch per step. Results do not depend on it.
+  c.steps_per_call = 0
+  c.schedule = optim.schedule_config()
+  c.optimizer = optim.optimizer_config()
+  c.model = models.default_config()
+  c.data = data.default_config()
+  c.eval_batch_size = 1000  # no effect on results; bounds eval memory
+  c.noise_scale = False  # online gradient noise scale (sgdlab.noise); splits the batch
+  c.noise_ema = 0.95  # EMA weight per step for the noise-scale estimates
+  c.checkpoint_every_epochs = 0  # 0: no checkpoints
+  c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
+  c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device
+  c.memory_headroom = 0.1  # for batch_size="auto": fraction kept free
+  c.sweep = ml_collections.ConfigDict(dict(
+      product=ml_collections.ConfigDict(),  # field -> tuple of values, all combinations
+      zip=ml_collections.ConfigDict(),  # field -> tuple of values, taken in lockstep
+      points=(),  # tuple of dicts of overrides, each one run (after product and zip)
+  ))
+  return c

@@ -1,0 +1,155 @@
+"""Validate a config once, at the boundary, into a `Resolved` run that the rest trusts.
+
+`resolve` runs every check that needs no compiling: each section's fields, the dataset
+(headers only, no pixels), and what depends on the machine (k a multiple of the device
+count). It raises the first ConfigError. Nothing downstream validates again: builders
+take a `Resolved`, never a raw config. A `batch_size="auto"` stays unresolved here; the
+memory search (`sgdlab.memory.auto`) replaces it by a k before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from sgdlab import data, models, optim
+from sgdlab.config.fields import run_name
+from sgdlab.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """A validated config with the facts it was validated against."""
+
+  config: ml_collections.ConfigDict
+  spec: data.DataSpec
+  n_devices: int
+
+  @property
+  def auto_batch_size(self) -> bool:
+    return self.config.batch_size == "auto"
+
+  @property
+  def batch_size(self) -> int:
+    if self.auto_batch_size:
+      raise ValueError("batch_size='auto' is not resolved yet (sgdlab.memory.auto)")
+    return int(self.config.batch_size)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    n, k = self.spec.n_train, self.batch_size
+    return n // k if self.config.drop_remainder else math.ceil(n / k)
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.config.num_epochs
+
+  @property
+  def learning_rate(self) -> float:
+    """The base learning rate after the batch-size scaling rule (lr_scaling)."""
+    c = self.config
+    return optim.scaled_learning_rate(c.learning_rate, self.batch_size, c.lr_scaling,
+                                      c.base_batch_size)
+
+  @property
+  def name(self) -> str:
+    return run_name(self.config)
+
+  @property
+  def batch_unit(self) -> int:
+    """k must be a multiple of this: the device count (twice it when one device splits
+    its batch for the noise scale)."""
+    c = self.config
+    return self.n_devices * (2 if c.noise_scale and self.n_devices == 1 else 1)
+
+  def with_batch_size(self, k: int) -> Resolved:
+    """The same run at batch size k (checked as resolve would)."""
+    config = copy.deepcopy(self.config)
+    config.batch_size = int(k)
+    _check_batch_size(config, self.spec, self.n_devices)
+    return dataclasses.replace(self, config=config)
+
+  def with_fields(self, **fields: Any) -> Resolved:
+    """A member of a population: the same run with other top-level numbers (lr, seed)."""
+    config = copy.deepcopy(self.config)
+    for key, value in fields.items():
+      config[key] = value
+    return resolve(config, n_devices=self.n_devices, spec=self.spec)
+
+
+def check_number(field: str, value: Any, *, low: float, strict: bool = False,
+                 integer: bool = False, what: str) -> None:
+  """ConfigError unless value is a finite number above `low` (an integer if asked)."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if ok and integer:
+    ok = float(value).is_integer()
+  if ok:
+    ok = math.isfinite(value) and (value > low if strict else value >= low)
+  if not ok:
+    raise ConfigError(field, value, what)
+
+
+def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
+            spec: data.DataSpec | None = None) -> Resolved:
+  """Every check that needs no compiling, once; a Resolved copy of the config.
+
+  spec: the dataset's shapes when the caller has the data already (else described
+  from config.data, which reads file headers only).
+  """
+  c = copy.deepcopy(config)
+  if c.batch_size != "auto":
+    check_number("batch_size", c.batch_size, low=1, integer=True,
+                 what='an integer >= 1, or "auto"')
+  check_number("num_epochs", c.num_epochs, low=1, integer=True, what="an integer >= 1")
+  check_number("learning_rate", c.learning_rate, low=0, strict=True,
+               what="a finite number > 0")
+  check_number("lr_decay", c.lr_decay, low=0, what="a finite number >= 0")
+  check_number("seed", c.seed, low=0, integer=True, what="an integer >= 0")
+  check_number("eval_batch_size", c.eval_batch_size, low=1, integer=True,
+               what="an integer >= 1")
+  check_number("base_batch_size", c.base_batch_size, low=1, integer=True,
+               what="an integer >= 1")
+  check_number("steps_per_call", c.steps_per_call, low=0, integer=True,
+               what="an integer >= 0 (0: a whole epoch per compiled call)")
+  check_number("checkpoint_every_epochs", c.checkpoint_every_epochs, low=0, integer=True,
+               what="an integer >= 0 (0 = no checkpoints)")
+  check_number("memory_headroom", c.memory_headroom, low=0, what="a fraction in [0, 1)")
+  if c.memory_headroom >= 1:
+    raise ConfigError("memory_headroom", c.memory_headroom, "a fraction in [0, 1)")
+  if not 0 < c.noise_ema < 1:
+    raise ConfigError("noise_ema", c.noise_ema, "a number in (0, 1)")
+  if c.lr_scaling not in optim.SCALING_RULES:
+    raise ConfigError("lr_scaling", c.lr_scaling, f"one of {list(optim.SCALING_RULES)}")
+  if not isinstance(c.drop_remainder, bool):
+    raise ConfigError("drop_remainder", c.drop_remainder, "True or False")
+  if c.memory_budget not in ("", None):
+    from sgdlab.memory import units  # pylint: disable=g-import-not-at-top
+    units.parse_bytes(c.memory_budget)
+  optim.validate_optimizer(c.optimizer)
+  models.validate(c.model)
+  spec = data.describe(c.data) if spec is None else spec
+  optim.validate_schedule(c.schedule)
+  if c.batch_size != "auto":
+    _check_batch_size(c, spec, n_devices)
+  resolved = Resolved(c, spec, n_devices)
+  if c.batch_size != "auto":
+    optim.validate_schedule(c.schedule, resolved.total_steps)
+  return resolved
+
+
+def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devices: int) -> None:
+  k = int(c.batch_size)
+  if k % n_devices:
+    raise ConfigError("batch_size", c.batch_size,
+                      f"a multiple of the device count {n_devices} "
+                      f"(e.g. {max(n_devices, k // n_devices * n_devices)})")
+  if c.noise_scale and n_devices == 1 and k % 2:
+    raise ConfigError("batch_size", c.batch_size,
+                      "an even number when noise_scale=True on one device (it splits the batch)")
+  if k > spec.n_train:
+    raise ConfigError("batch_size", c.batch_size,
+                      f"at most the training set size {spec.n_train}")

@@ -1,0 +1,108 @@
+"""The fit study behind `python -m sgdlab.fit`: search, then fit.json, fit.png and a table."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import ml_collections
+
+from sgdlab import config as config_lib
+from sgdlab.errors import ConfigError
+from sgdlab.memory import search, trials
+from sgdlab.memory.budget import device_budget
+from sgdlab.memory.units import parse_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+  """What to search; None for budget and headroom means the config's values."""
+
+  memory_budget: str | None = None
+  headroom: float | None = None
+  method: str = "compile"  # compile | trial
+  image_sizes: str = ""  # "28,112": one search per image side
+  target: str = ""  # "", "cpu" or "accelerator" runtime terms
+  exact: bool = True
+  trial_start: int = trials.TRIAL_START
+  trial_steps: int = trials.TRIAL_STEPS  # 0 = a whole epoch
+
+
+def parse_sizes(text: str) -> list[int]:
+  try:
+    sizes = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    sizes = [0]
+  if not sizes or min(sizes) < 1:
+    raise ConfigError("image_sizes", text, "comma-separated positive integers, e.g. 28,56,112")
+  return sizes
+
+
+def check_writable(workdir: str) -> None:
+  """Fail before the search, and without creating anything, if results cannot be written."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path) or not os.access(path, os.W_OK):
+    raise ConfigError("workdir", workdir, f"a writable folder ({path} is not)")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, options: FitOptions) -> str:
+  """Validate everything, search, then write fit.json and fit.png; returns the text."""
+  from sgdlab.results import figures  # pylint: disable=g-import-not-at-top
+  from sgdlab.sweep import store  # pylint: disable=g-import-not-at-top
+  from sgdlab.train import step  # pylint: disable=g-import-not-at-top
+  budget_text = config.memory_budget if options.memory_budget is None else options.memory_budget
+  headroom = config.memory_headroom if options.headroom is None else options.headroom
+  if not 0.0 <= headroom < 1.0:
+    raise ConfigError("memory_headroom", headroom, "a fraction in [0, 1)")
+  sizes = parse_sizes(options.image_sizes) if options.image_sizes else []
+  if options.trial_steps < 0:
+    raise ConfigError("trial_steps", options.trial_steps, "a count >= 0 (0: a whole epoch)")
+  if budget_text:
+    parse_bytes(budget_text)  # before jax starts: a typo costs nothing
+  mesh = step.make_mesh()
+  configs = [search.with_image_size(config, s) for s in sizes] or [config]
+  resolved = [config_lib.resolve(c, n_devices=mesh.size) for c in configs]
+  check_writable(workdir)
+  budget = device_budget(mesh, budget_text, headroom)
+  result = dict(method=options.method, config=config_lib.to_dict(config), image_sizes=sizes)
+  target = options.target or None
+  reports = []
+  if options.method == "compile" and not sizes:
+    reports = [search.find_batch_size(resolved[0], budget, mesh=mesh, target=target,
+                                      exact=options.exact)]
+    text = reports[0].table()
+    result["reports"] = [reports[0].to_dict()]
+  elif options.method == "compile":
+    results = search.tradeoff(config, sizes, budget, mesh=mesh, target=target,
+                              exact=options.exact)
+    reports = [r for r in results if isinstance(r, search.FitReport)]
+    if not reports:
+      raise results[0]
+    text = "\n\n".join(f"image size {s}:\n{r.table()}" for s, r in zip(sizes, results)
+                       if isinstance(r, search.FitReport))
+    text += "\n\n" + search.tradeoff_table(sizes, results)
+    result["reports"] = [dict(r.to_dict(), image_size=s) if isinstance(r, search.FitReport)
+                         else dict(image_size=s, error=str(r)) for s, r in zip(sizes, results)]
+  else:
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    searches = []
+    for r in resolved:
+      report = trials.trial_search(r, n_devices=mesh.size, start=options.trial_start,
+                                   steps=options.trial_steps or None,
+                                   budget_bytes=budget.bytes * mesh.size if on_cpu else None)
+      if not on_cpu:
+        report.notes.append("off CPU the trials run against the device's own memory")
+      searches.append((r, report))
+    text = "\n\n".join(f"input {r.spec.input_shape}: {t.table()}" for r, t in searches)
+    result["trials"] = [t.to_dict() for _, t in searches]
+  result.update(budget=dict(bytes=budget.bytes, headroom=budget.headroom,
+                            usable=budget.usable, source=budget.source),
+                text=text, written=time.strftime("%Y-%m-%d %H:%M:%S"))
+  os.makedirs(workdir, exist_ok=True)
+  store.write_json(os.path.join(workdir, "fit.json"), result)
+  if reports:
+    figures.bytes_vs_k_figure(reports, os.path.join(workdir, "fit.png"))
+  return text

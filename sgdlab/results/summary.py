@@ -1,0 +1,158 @@
+"""An experiment's summary: the table of final figures, the overlay and the sweep figure.
+
+`rebuild(workdir)` reads every point folder of a results folder and rewrites the
+summary; the launcher calls it when a worker finishes and `python -m sgdlab.report`
+calls it on demand. It runs under a lock and writes atomically, so workers finishing
+together leave the summary of the most complete store, never a torn file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from sgdlab.config import fields
+from sgdlab.results.history import History
+
+_COLUMNS = (("run", "run"), ("k", "batch_size"), ("lr", "learning_rate"), ("decay", "lr_decay"),
+            ("train acc", "train_accuracy"), ("test acc", "test_accuracy"),
+            ("final loss", "train_loss"), ("monotone", "monotone"), ("diverged", "diverged"),
+            ("epochs", "epochs"), ("wall s", "wall_time"), ("examples/s", "examples_per_sec"))
+
+
+def _cell(key: str, value) -> str:
+  if isinstance(value, bool):
+    return "yes" if value else "no"
+  if isinstance(value, float):
+    if math.isnan(value):
+      return "-"
+    if key in ("train_accuracy", "test_accuracy"):
+      return f"{value:.4f}"
+    if key == "examples_per_sec":
+      return f"{value:,.0f}"
+    if key == "wall_time":
+      return f"{value:.1f}"
+    return f"{value:.4g}"
+  return str(value)
+
+
+def seed_groups(histories: Sequence[History]) -> list[list[History]]:
+  """Runs that differ only in their seed, in first-seen order: one row of the table."""
+  groups: dict[str, list[History]] = {}
+  for h in histories:
+    key = {k: v for k, v in fields.result_fields(h.config).items() if k != "seed"}
+    groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(h)
+  return list(groups.values())
+
+
+def _group_cell(key: str, values: list) -> str:
+  """One seed: the value. Several: the mean, and the range in brackets."""
+  if len(values) == 1:
+    return _cell(key, values[0])
+  if isinstance(values[0], bool):
+    yes = sum(values)
+    return "yes" if yes == len(values) else ("no" if not yes else f"{yes} of {len(values)}")
+  if not isinstance(values[0], float) or key in ("batch_size", "learning_rate", "lr_decay"):
+    return _cell(key, values[0])
+  finite = [v for v in values if not math.isnan(v)]
+  if not finite:
+    return "-"
+  mean = _cell(key, float(np.mean(finite)))
+  return f"{mean} ({_cell(key, min(finite))}-{_cell(key, max(finite))})"
+
+
+def table(histories: Sequence[History], failed: Sequence[tuple[str, str]] = (),
+          unfinished: Sequence[tuple[str, str]] = ()) -> str:
+  """Markdown table, one row per run, or per group of runs that differ only in the seed
+  (mean and range over the seeds); failed runs (name, error) and unfinished ones (name,
+  status) are listed beneath."""
+  groups = seed_groups(histories)
+  seeded = any(len(g) > 1 for g in groups)
+  columns = _COLUMNS[:4] + ((("seeds", "seeds"),) if seeded else ()) + _COLUMNS[4:]
+  lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+           "|" + "|".join("---" for _ in columns) + "|"]
+  for group in groups:
+    rows = [dict(h.summary(), seeds=len(group)) for h in group]
+    lines.append("| " + " | ".join(_group_cell(k, [r[k] for r in rows]) for _, k in columns)
+                 + " |")
+  label = lambda h, g: (f"{h.name} (seed {h.config.get('seed')})" if len(g) > 1 else h.name)
+  notes = [f"- {label(h, g)}: {note}" for g in groups for h in g for note in h.diagnostics]
+  notes += [f"- {name}: FAILED: {error}" for name, error in failed]
+  notes += [f"- {name}: not finished ({state})" for name, state in unfinished]
+  if notes:
+    lines += ["", "Diagnostics:", *notes]
+  return "\n".join(lines) + "\n"
+
+
+def write(workdir: str, histories: Sequence[History], failed: Sequence[tuple[str, str]] = (),
+          title: str = "", unfinished: Sequence[tuple[str, str]] = ()) -> str:
+  """summary.md and overlay.png in the workdir; returns the table."""
+  from sgdlab.results import figures
+  from sgdlab.sweep import store
+  text = table(histories, failed, unfinished)
+  store.write_atomic(os.path.join(workdir, "summary.md"),
+                     (f"# {title}\n\n" if title else "") + text)
+  if histories:
+    figures.overlay_figure(histories, os.path.join(workdir, "overlay.png"), title=title)
+  return text
+
+
+@dataclasses.dataclass
+class Store:
+  """What a results folder holds: finished runs, failed points, unfinished points."""
+
+  histories: list[History]
+  failed: list[tuple[str, str]]  # (run name, error)
+  unfinished: list[tuple[str, str]]  # (run name, status: running | missing)
+
+
+def _sort_key(h: History):
+  c = h.config
+  k = c.get("batch_size")
+  return (-(k if isinstance(k, (int, float)) else 0), -float(c.get("learning_rate") or 0),
+          float(c.get("lr_decay") or 0), c.get("seed") or 0, h.name)
+
+
+def read_store(workdir: str) -> Store:
+  """Every point folder of `workdir`, finished runs ordered by k, then lr (both falling)."""
+  from sgdlab import config as config_lib
+  from sgdlab.sweep import store
+  histories, failed, unfinished = [], [], []
+  for point_dir in store.point_dirs(workdir):
+    state = store.status(point_dir)
+    label = os.path.basename(point_dir)
+    try:
+      label = config_lib.run_name(config_lib.from_dict(store.read_json(
+          os.path.join(point_dir, "config.json"))))
+    except Exception:  # an unreadable config still gets a line, under its folder name
+      pass
+    if state["status"] in store.FINISHED:
+      try:
+        histories.append(store.load_history(point_dir))
+      except (OSError, ValueError) as e:
+        failed.append((label, f"unreadable history.json ({e})"))
+    elif state["status"] == "failed":
+      failed.append((label, state.get("error", "")))
+    else:
+      unfinished.append((label, state["status"]))
+  histories.sort(key=_sort_key)
+  return Store(histories, failed, unfinished)
+
+
+def rebuild(workdir: str, title: str = "") -> str:
+  """Rewrite summary.md, overlay.png and sweep.png from the store; returns the table."""
+  from sgdlab.results import sweep_figures
+  from sgdlab.sweep import store
+  title = title or os.path.basename(os.path.abspath(workdir))
+  with store.locked(workdir):
+    found = read_store(workdir)
+    text = write(workdir, found.histories, found.failed, title=title,
+                 unfinished=found.unfinished)
+    if found.histories:
+      sweep_figures.sweep_figure(found.histories, os.path.join(workdir, "sweep.png"), title=title)
+  return text

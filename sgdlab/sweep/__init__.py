@@ -1,0 +1,10 @@
+"""Sweeps: an experiment's points, who runs them, and where their results go.
+
+  expand.py    a config's sweep section -> points with stable ids
+  groups.py    which points train together as one population
+  runner.py    plan (validate everything, resolve auto k), then train this worker's share
+  store.py     result folders, written atomically
+  claims.py    claim files: no point runs twice at once
+  workers.py   worker index and count (flags, SLURM arrays, Kubernetes indexed jobs)
+  hosts.py     one run across several processes (jax.distributed)
+"""

@@ -1,0 +1,309 @@
+"""Run an experiment: plan every point, then train this worker's share, then summarize.
+
+`plan` does all the checking before anything is written or trained: it expands the
+sweep, refuses command-line overrides of fields the sweep sets, resolves every point
+(`sgdlab.config.resolve`), checks population groups, and finds k for batch_size="auto"
+by compiling (`sgdlab.memory.auto`). A bad value is one ConfigError.
+
+Then each group of points (one point, or a population) is claimed, trained through
+`sgdlab.train` and stored; a point that diverges or crashes is recorded in its folder
+and the others still run. Running again skips finished points and resumes interrupted
+ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Mapping, Sequence
+
+import ml_collections
+from absl import logging
+
+from sgdlab import config as config_lib
+from sgdlab import data
+from sgdlab.errors import ConfigError, UsageError
+from sgdlab.results import summary
+from sgdlab.sweep import claims, expand, groups, hosts, store
+from sgdlab.sweep.workers import Worker
+
+_POLL_SECONDS = 2.0
+SKIPPED, HELD, TRAINED = "skipped", "held", "trained"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How this worker runs its share of a sweep."""
+
+  workdir: str
+  worker: Worker = Worker()
+  stale_after: float = 600.0  # seconds without a heartbeat before a claim is stale
+  wait: bool = True  # at the end, wait for points held by other live workers
+  keep_checkpoints: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+  point: expand.Point
+  resolved: config_lib.Resolved
+
+  @property
+  def id(self) -> str:
+    return self.point.id
+
+
+def check_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> None:
+  """A --config.<field> override of a field the sweep sets would be silently dropped."""
+  axes = expand.axes(config)
+  for name, value in overrides.items():
+    if name in axes or any(a.startswith(name + ".") for a in axes):
+      where = axes.get(name) or next(v for a, v in axes.items() if a.startswith(name + "."))
+      raise UsageError(f"--config.{name}", value, f"the sweep sets {name} ({where}), so this "
+                       "override would be ignored; override the sweep instead "
+                       f"(--config.{where.split('[')[0]}=...)")
+
+
+def plan(config: ml_collections.ConfigDict, mesh,
+         overrides: Mapping[str, str] | None = None) -> list[Planned]:
+  """Every point expanded, validated and resolved (auto k found), before anything else."""
+  from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
+  check_overrides(config, overrides or {})
+  points = expand.expand(config)
+  planned, autos = [], {}
+  for point in points:
+    resolved = config_lib.resolve(point.config, n_devices=mesh.size)
+    if resolved.auto_batch_size:
+      key = json.dumps(config_lib.shared_fields(resolved.config), sort_keys=True, default=str)
+      if key not in autos:
+        autos[key] = auto.resolve_batch_size(resolved, mesh).batch_size
+      resolved = resolved.with_batch_size(autos[key])
+    planned.append(Planned(point, resolved))
+  for group in groups.group(points):
+    if len(group) > 1:
+      config_lib.check_members([p.config for p in group])
+  return planned
+
+
+def check_workdir(workdir: str, planned: Sequence[Planned]) -> None:
+  """Refuse a workdir whose folder for some point id holds another config (read only)."""
+  for p in planned:
+    path = os.path.join(workdir, p.id, "config.json")
+    if not os.path.exists(path):
+      continue
+    try:
+      stored = store.read_json(path)
+    except (OSError, ValueError) as e:
+      raise UsageError("--workdir", workdir, f"a results folder of this sweep; {path} is "
+                       f"unreadable ({e})") from e
+    difference = store.config_difference(stored, config_lib.to_dict(p.point.config))
+    if difference:
+      raise UsageError("--workdir", workdir, f"it holds a different sweep: the folder of "
+                       f"point {p.id} has another config ({difference}); use a new --workdir")
+
+
+def prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.unlink(probe)
+  except OSError as e:
+    raise UsageError("--workdir", workdir, f"not a writable folder ({e.strerror})") from e
+
+
+class Progress:
+  """'point i/N (worker w/n)' lines with an ETA from the points trained so far."""
+
+  def __init__(self, total: int, share: int, worker: Worker):
+    self.total, self.left, self.worker = total, share, worker
+    self.trained, self.seconds = 0, 0.0
+
+  def prefix(self, p: Planned) -> str:
+    return f"point {p.point.index + 1}/{self.total} (worker {self.worker})"
+
+  def settled(self, seconds: float | None = None) -> str:
+    """One of this worker's points is settled; seconds if it was trained here."""
+    self.left = max(self.left - 1, 0)
+    if seconds is not None:
+      self.trained += 1
+      self.seconds += seconds
+    if not self.trained:
+      return f"{self.left} left"
+    return f"{self.left} left, ETA {_duration(self.seconds / self.trained * self.left)}"
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Sweep:
+  """This worker's run of a planned sweep: claims, training, results, failures."""
+
+  def __init__(self, planned: Sequence[Planned], mine: Sequence[Planned], options: Options,
+               mesh):
+    self.options, self.mesh = options, mesh
+    self.owner = claims.Owner(worker=str(options.worker))
+    self.progress = Progress(len(planned), len(mine), options.worker)
+    self.writer = hosts.is_writer()
+    self.failed: list[tuple[str, str]] = []
+    self.held: list[Planned] = []
+    self._dataset: tuple[str, data.Dataset] | None = None
+
+  def run_groups(self, planned: Sequence[Planned]) -> None:
+    by_id = {p.id: p for p in planned}
+    for group in groups.group([p.point for p in planned]):
+      self.run_group([by_id[point.id] for point in group])
+
+  def run_group(self, group: Sequence[Planned]) -> None:
+    """Claim what it can of a group, and train those points as one run."""
+    taken = []
+    try:
+      for p in group:
+        decision, claim = self._claim(p)
+        if decision == TRAINED:
+          taken.append((p, claim))
+      if taken:
+        self._train([p for p, _ in taken])
+    finally:
+      for _, claim in taken:
+        if claim is not None:
+          claim.release()
+
+  def _claim(self, p: Planned):
+    """(decision, claim): SKIPPED when finished, HELD when claimed elsewhere, else TRAINED."""
+    point_dir = os.path.join(self.options.workdir, p.id)
+    claim, decision = None, SKIPPED
+    if self.writer:
+      state = store.status(point_dir)["status"]
+      if state not in store.FINISHED:
+        got = claims.claim(self.options.workdir, p.id, self.owner,
+                           stale_after=self.options.stale_after)
+        if isinstance(got, claims.Holder):
+          decision = HELD
+          logging.info("%s %s: held by %s; later", self.progress.prefix(p), p.id, got.describe())
+        elif store.status(point_dir)["status"] in store.FINISHED:  # finished meanwhile
+          got.release()
+          state = store.status(point_dir)["status"]
+        else:
+          claim, decision = got, TRAINED
+      if decision == SKIPPED:
+        logging.info("%s %s: already %s, skipped (%s)", self.progress.prefix(p), p.id, state,
+                     self.progress.settled())
+    decision = (SKIPPED, HELD, TRAINED)[hosts.broadcast_int(
+        (SKIPPED, HELD, TRAINED).index(decision))]
+    if decision == HELD:
+      self.held.append(p)
+    return decision, claim
+
+  def _data(self, cfg: ml_collections.ConfigDict) -> data.Dataset:
+    key = repr(cfg.to_dict())
+    if self._dataset is None or self._dataset[0] != key:
+      self._dataset = (key, data.load(cfg))  # keep one dataset in memory
+    return self._dataset[1]
+
+  def _train(self, group: Sequence[Planned]) -> None:
+    """Train one point, or a population, and write each member's folder."""
+    from sgdlab.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
+    who = dict(worker=str(self.options.worker), host=self.owner.host, pid=self.owner.pid)
+    dirs = [os.path.join(self.options.workdir, p.id) for p in group]
+    checkpoint_dir = os.path.join(dirs[0], "checkpoints")
+    if len(group) > 1:
+      digest = hashlib.sha1(" ".join(p.id for p in group).encode()).hexdigest()[:10]
+      checkpoint_dir = os.path.join(checkpoint_dir, f"population-{digest}")
+      logging.info("points %s: training as one population", ", ".join(p.id for p in group))
+    else:
+      logging.info("%s %s: training %s", self.progress.prefix(group[0]), group[0].id,
+                   group[0].resolved.name)
+    start = time.perf_counter()
+    if self.writer:
+      for p, point_dir in zip(group, dirs):
+        os.makedirs(point_dir, exist_ok=True)
+        store.write_json(os.path.join(point_dir, "config.json"),
+                         config_lib.to_dict(p.point.config))
+        store.set_status(point_dir, "running", **who)
+    try:
+      dataset = self._data(group[0].resolved.config.data)
+      run = run_lib.create_run([p.resolved for p in group], dataset, self.mesh)
+      histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir)
+      outcomes = []
+      for point_dir, history in zip(dirs, histories):
+        if self.writer:
+          store.save_run(point_dir, history, **who)
+        outcomes.append("diverged" if history.diverged else "done")
+      if self.writer and not self.options.keep_checkpoints:
+        shutil.rmtree(os.path.join(dirs[0], "checkpoints"), ignore_errors=True)
+    except Exception as e:  # a crashing point must not end the sweep
+      logging.exception("%s failed", [p.id for p in group])
+      error = f"{type(e).__name__}: {e}"
+      outcomes = ["failed"] * len(group)
+      for p, point_dir in zip(group, dirs):
+        if self.writer:
+          store.set_status(point_dir, "failed", error=error, **who)
+        self.failed.append((p.id, error))
+    seconds = (time.perf_counter() - start) / len(group)
+    for p, outcome in zip(group, outcomes):
+      logging.info("%s %s: %s in %s%s; %s", self.progress.prefix(p), p.id, outcome,
+                   _duration(seconds), f" (population of {len(group)})" if len(group) > 1
+                   else "", self.progress.settled(seconds))
+
+  def wait_for_held(self) -> None:
+    """Until every held point is settled, or its holder dies and this worker takes over."""
+    last_note = 0.0
+    while self.held:
+      pending, self.held = self.held, []
+      for p in pending:
+        holder = claims.holder(self.options.workdir, p.id)
+        if holder is not None and not claims.is_stale(holder, self.options.stale_after):
+          self.held.append(p)
+          continue
+        state = store.status(os.path.join(self.options.workdir, p.id))["status"]
+        if holder is None and state in ("done", "diverged", "failed"):
+          logging.info("%s %s: %s by another worker (%s)", self.progress.prefix(p), p.id,
+                       state, self.progress.settled())
+          continue
+        self.run_group([p])  # its holder is gone: resume it here (or find a new holder)
+      if self.held:
+        if time.monotonic() - last_note > 60:
+          last_note = time.monotonic()
+          logging.info("waiting for %d point(s) held by other workers: %s", len(self.held),
+                       ", ".join(p.id for p in self.held))
+        time.sleep(_POLL_SECONDS)
+
+
+def run(config: ml_collections.ConfigDict, options: Options, *,
+        overrides: Mapping[str, str] | None = None) -> int:
+  """Plan, run this worker's points not already finished, summarize; returns failures."""
+  from sgdlab.train import step  # pylint: disable=g-import-not-at-top
+  mesh = step.make_mesh()
+  planned = plan(config, mesh, overrides)
+  mine = expand.share(planned, options.worker.index, options.worker.count)
+  check_workdir(options.workdir, planned)
+  sweep = Sweep(planned, mine, options, mesh)
+  if sweep.writer:
+    prepare_workdir(options.workdir)
+  logging.info("sweep of %d points; worker %s runs %d of them in %s", len(planned),
+               options.worker, len(mine), options.workdir)
+  sweep.run_groups(mine)
+  if sweep.held and options.wait and sweep.writer and hosts.current().process_count == 1:
+    sweep.wait_for_held()
+  elif sweep.held:
+    logging.info("left to their holders: %s", ", ".join(p.id for p in sweep.held))
+  if sweep.writer:
+    text = summary.rebuild(options.workdir,
+                           title=os.path.basename(os.path.abspath(options.workdir)))
+    print(text)
+    logging.info("summary: %s", os.path.join(options.workdir, "summary.md"))
+  return len(sweep.failed)
+
+
+__all__ = ["ConfigError", "Options", "Planned", "plan", "run"]

@@ -1,0 +1,76 @@
+"""Training from a config: resolve it, place the data, build the Run, drive the loop.
+
+`train` is one run, `train_population` many runs that differ only in learning_rate,
+lr_decay and seed trained as one vmapped program; both end in `sgdlab.train.loop`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+from jax.sharding import Mesh
+
+from sgdlab import config as config_lib
+from sgdlab import data
+from sgdlab.config import Resolved
+from sgdlab.results.history import History
+from sgdlab.train import loop, run as run_lib, step
+
+
+def prepare(config: ml_collections.ConfigDict | Resolved, mesh: Mesh,
+            dataset: data.Dataset | None = None) -> tuple[Resolved, data.Dataset]:
+  """Resolve (unless done already), find k for batch_size="auto", load the data."""
+  from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
+  if isinstance(config, Resolved):
+    resolved = config
+  else:
+    resolved = config_lib.resolve(config, n_devices=mesh.size,
+                                  spec=None if dataset is None else dataset.spec())
+  resolved = auto.resolve_batch_size(resolved, mesh)
+  dataset = data.load(resolved.config.data) if dataset is None else dataset
+  return resolved, dataset
+
+
+def train(config: ml_collections.ConfigDict | Resolved, *, dataset: data.Dataset | None = None,
+          mesh: Mesh | None = None, checkpoint_dir: str | None = None) -> History:
+  """Train one run to the end (or to divergence) and return its History.
+
+  With `checkpoint_dir` and `config.checkpoint_every_epochs` > 0 the run checkpoints
+  every N epochs and after the last, and first continues from the newest readable
+  checkpoint there: the result is bitwise the one of an uninterrupted run.
+  """
+  mesh = step.make_mesh() if mesh is None else mesh
+  resolved, dataset = prepare(config, mesh, dataset)
+  run = run_lib.create_run(resolved, dataset, mesh)
+  return loop.run_loop(run, checkpoint_dir=checkpoint_dir)[0]
+
+
+def train_population(configs: Sequence[ml_collections.ConfigDict | Resolved], *,
+                     dataset: data.Dataset | None = None, mesh: Mesh | None = None,
+                     checkpoint_dir: str | None = None) -> list[History]:
+  """Train every config as one vmapped program; one History per config, in order.
+
+  Each History has the fields, diagnostics and divergence record that `train(config)`
+  would give, equal to it up to float summation order; each member keeps its own
+  seed's batch order; a diverged member freezes while the others go on. A single
+  config is trained by `train` itself: vmap over one member only adds cost.
+
+  Raises:
+    ConfigError: a config is invalid, or the members differ in a field other than
+      learning_rate, lr_decay and seed.
+  """
+  configs = list(configs)
+  mesh = step.make_mesh() if mesh is None else mesh
+  if len(configs) <= 1:
+    return [train(c, dataset=dataset, mesh=mesh, checkpoint_dir=checkpoint_dir)
+            for c in configs]
+  resolved = [c if isinstance(c, Resolved) else config_lib.resolve(
+      c, n_devices=mesh.size, spec=None if dataset is None else dataset.spec()) for c in configs]
+  config_lib.check_members([r.config for r in resolved])
+  members = []
+  for r in resolved:
+    r, dataset = prepare(r, mesh, dataset)
+    members.append(r)
+  run = run_lib.create_run(members, dataset, mesh)
+  return loop.run_loop(run, checkpoint_dir=checkpoint_dir)

@@ -1,0 +1,229 @@
+"""The training loop: a Run's epochs -> one History per member. Every training run uses it.
+
+The trainer, population training, trial mode and the experiments all come here. Per
+epoch: the data source's plan, then `Run.advance` over it (one call for the whole
+epoch, or `steps_per_call` steps per call), one host sync, divergence per member, an
+evaluation, one log line, a checkpoint when due. Experiments may also ask for
+evaluations at given steps inside epochs (`eval_steps`), to stop at a `Target`, or
+to stop after `max_steps` (trial mode).
+
+Checkpoints hold the (stacked) state and every member's history, so a run or a whole
+population resumes bitwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from sgdlab import noise
+from sgdlab.config import to_dict
+from sgdlab.results import diagnostics
+from sgdlab.results.history import History
+from sgdlab.train import checkpoint as checkpoint_lib
+from sgdlab.train import run as run_lib
+from sgdlab.train.run import Run
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """Stop a member once an evaluation reaches `value` in `metric` (e.g. test_accuracy)."""
+
+  metric: str  # "<split>_<loss|accuracy>", split "test" or "train"
+  value: float
+
+  @property
+  def split(self) -> str:
+    return self.metric.split("_")[0]
+
+  def reached(self, value: float) -> bool:
+    return value >= self.value if self.metric.endswith("accuracy") else value <= self.value
+
+
+def chunks(n: int, size: int) -> list[int]:
+  """Call lengths covering n steps: whole calls of `size`, then powers of two, so any
+  evaluation schedule needs few compiled lengths."""
+  out = [size] * (n // size)
+  rest = n % size
+  out += [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
+  return out
+
+
+def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequence[int] = (),
+             target: Target | None = None, max_steps: int | None = None) -> list[History]:
+  """Train every member of `run` to its last epoch, its divergence, its target or
+  max_steps; one History per member, with its final state in `History.state`."""
+  program, members = run.program, run.members
+  config = members[0].config
+  steps_per_epoch, per_call = program.steps_per_epoch, program.steps_per_call
+  histories = [History(name=m.name, config=to_dict(m.config), compile_time=run.compile_time)
+               for m in members]
+  emas = [noise.NoiseEMA(m.config.noise_ema) if m.config.noise_scale else None
+          for m in members]
+  state, first_epoch = run.init_state(), 0
+  saver = None
+  if checkpoint_dir and config.checkpoint_every_epochs:
+    saver = checkpoint_lib.Checkpointer(checkpoint_dir, config.checkpoint_every_epochs)
+    restored = saver.restore(state)
+    if restored is not None:
+      state, first_epoch = restored.state, restored.epoch
+      for history, saved, ema in zip(histories, restored.members, emas):
+        checkpoint_lib.resume_history(history, saved, ema)
+      logging.info("%s | resumed from the checkpoint at epoch %d", histories[0].name,
+                   first_epoch)
+  live = [m for m, h in enumerate(histories) if not h.diverged and h.reached is None]
+  evals = sorted(set(int(t) for t in eval_steps))
+  for epoch in range(first_epoch, config.num_epochs):
+    start = time.perf_counter()
+    first_step = epoch * steps_per_epoch
+    end = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - first_step)
+    stops = sorted({t - first_step for t in evals if 0 < t - first_step < end} | {end})
+    steps_before = _per_member(state.step, len(members))
+    started = list(live)
+    feed, pos, parts = run.plan(epoch), 0, []
+    for stop in stops:
+      for n in chunks(stop - pos, per_call):
+        state, metrics = run.advance(state, run_lib.slice_feed(feed, pos, n))
+        parts.append(metrics)
+        pos += n
+        if run.block_each_call:
+          jax.block_until_ready(state.step)
+      if stop < steps_per_epoch:  # an evaluation inside the epoch
+        live = _evaluate_at(run, state, histories, live, first_step + stop, target)
+        if not live:
+          break
+    step_metrics = _concat(jax.device_get(parts), population=program.population)
+    diverged_at = _per_member(state.diverged_at, len(members))
+    going_on = []
+    for m in started:
+      mine = run_lib.member(step_metrics, m) if program.population else step_metrics
+      if diverged_at[m] >= 0:
+        record_divergence(histories[m], mine, epoch=epoch, steps_before=int(steps_before[m]),
+                          diverged_at=int(diverged_at[m]), ema=emas[m])
+      elif m not in live:  # reached its target inside the epoch: its steps until then
+        kept = histories[m].reached - first_step
+        _append_steps(histories[m], {k: v[:kept] for k, v in mine.items()}, emas[m])
+      elif pos < steps_per_epoch:  # stopped inside the epoch (max_steps): steps, no row
+        _append_steps(histories[m], mine, emas[m])
+      else:
+        going_on.append(m)
+    if pos == steps_per_epoch and going_on:
+      test = jax.device_get(run.evaluate(state.params))
+      wall = time.perf_counter() - start
+      for m in going_on:
+        record_epoch(histories[m], members[m].config, epoch,
+                     run_lib.member(step_metrics, m) if program.population else step_metrics,
+                     run_lib.member(test, m) if program.population else test,
+                     wall=wall, n_train=members[m].spec.n_train, ema=emas[m])
+      if program.population:
+        logging.info("population of %d | epoch %d/%d | %d going on | %.2fs %.0f member-ex/s",
+                     len(members), epoch + 1, config.num_epochs, len(going_on), wall,
+                     len(live) * members[0].spec.n_train / wall)
+      if target is not None or first_step + pos in evals:
+        going_on = _evaluate_at(run, state, histories, going_on, first_step + pos, target,
+                                test=test)
+    live = going_on
+    if saver is not None and pos == steps_per_epoch and saver.due(epoch + 1, config.num_epochs):
+      saver.save(epoch + 1, state, histories)
+    if not live or (max_steps is not None and first_step + pos >= max_steps):
+      break
+  if saver is not None:
+    saver.close()
+  for m, (history, resolved) in enumerate(zip(histories, members)):
+    finish(history, resolved.config, run_lib.member(state, m) if program.population else state)
+  return histories
+
+
+def _per_member(x: jax.Array, size: int) -> np.ndarray:
+  return np.broadcast_to(np.asarray(jax.device_get(x)), (size,))
+
+
+def _concat(parts: list[dict[str, np.ndarray]], *, population: bool) -> dict[str, np.ndarray]:
+  axis = 1 if population else 0
+  return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
+
+
+def _evaluate_at(run: Run, state: Any, histories: list[History], live: list[int], at_step: int,
+                 target: Target | None, test: dict | None = None) -> list[int]:
+  """Record an evaluation after at_step steps (`History.evals`); the members going on."""
+  population = run.program.population
+  diverged_at = _per_member(state.diverged_at, len(histories))
+  splits = {"test"} | ({target.split} if target else set())
+  results = {s: jax.device_get(run.evaluate(state.params, s)) if s != "test" or test is None
+             else test for s in sorted(splits)}
+  still = []
+  for m in live:
+    if diverged_at[m] >= 0:
+      still.append(m)  # recorded as diverged at the epoch's end
+      continue
+    row = dict(step=at_step)
+    for split, result in results.items():
+      mine = run_lib.member(result, m) if population else result
+      row[f"{split}_loss"], row[f"{split}_accuracy"] = float(mine["loss"]), float(mine["accuracy"])
+    for key, value in row.items():
+      histories[m].evals.setdefault(key, []).append(value)
+    if target is not None and target.reached(row[target.metric]):
+      histories[m].reached = at_step
+      continue
+    still.append(m)
+  return still
+
+
+def record_divergence(history: History, step_metrics: dict[str, np.ndarray], *, epoch: int,
+                      steps_before: int, diverged_at: int,
+                      ema: noise.NoiseEMA | None) -> None:
+  """Keep the epoch's steps up to and including the failing one; no epoch row."""
+  kept = diverged_at - steps_before + 1
+  _append_steps(history, {key: v[:kept] for key, v in step_metrics.items()}, ema)
+  history.diverged = f"diverged at step {diverged_at + 1} (epoch {epoch + 1})"
+  logging.warning("%s | %s", history.name, history.diverged)
+
+
+def record_epoch(history: History, config: Any, epoch: int, step_metrics: dict[str, np.ndarray],
+                 test: dict[str, Any], *, wall: float, n_train: int,
+                 ema: noise.NoiseEMA | None) -> None:
+  """Append a finished epoch: its steps, its row of means and test figures, one log line."""
+  _append_steps(history, step_metrics, ema)
+  row = dict(epoch=epoch + 1, **diagnostics.epoch_means(step_metrics),
+             test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
+             lr=float(step_metrics["lr"][-1]), wall_time=wall, examples_per_sec=n_train / wall)
+  if ema is not None:
+    row["grad_sq"], row["trace_sigma"], row["noise_scale"] = ema.values()
+  for key, value in row.items():
+    history.epochs.setdefault(key, []).append(value)
+  logging.info("%s | epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
+               "lr %.4g | %.2fs %.0f ex/s%s", history.name, epoch + 1, config.num_epochs,
+               row["train_loss"], row["train_accuracy"], row["test_loss"],
+               row["test_accuracy"], row["lr"], wall, row["examples_per_sec"],
+               f" | B_simple {row['noise_scale']:.1f}" if ema is not None else "")
+
+
+def finish(history: History, config: Any, state: Any) -> History:
+  """Diagnostics from the whole curve, and the final state."""
+  history.diagnostics = diagnostics.diagnose(history.epochs, diverged=history.diverged,
+                                             batch_size=int(config.batch_size),
+                                             learning_rate=config.learning_rate)
+  for note in history.diagnostics:
+    logging.info("%s | %s", history.name, note)
+  history.state = state
+  return history
+
+
+def _append_steps(history: History, step_metrics: dict[str, np.ndarray],
+                  ema: noise.NoiseEMA | None) -> None:
+  history.steps.setdefault("loss", []).extend(np.asarray(step_metrics["loss"]).tolist())
+  history.steps.setdefault("lr", []).extend(np.asarray(step_metrics["lr"]).tolist())
+  if ema is None:
+    return
+  grad_sq, trace = noise.online_estimates(step_metrics["g_small_sq"], step_metrics["g_big_sq"],
+                                          step_metrics["b_small"], step_metrics["b_big"])
+  full = np.asarray(step_metrics["full"]) > 0
+  grad_sq, trace = np.where(full, grad_sq, np.nan), np.where(full, trace, np.nan)
+  ema.update(grad_sq, trace)
+  history.steps.setdefault("grad_sq", []).extend(grad_sq.tolist())
+  history.steps.setdefault("trace_sigma", []).extend(trace.tolist())

@@ -1,0 +1,264 @@
+"""A run: the model, the one train step, its compiled programs, placed data and state.
+
+`Program` is what a config compiles to, with no data: the trainer, the memory estimator
+(which compiles it with abstract inputs), population runs, trials and experiments all
+build it with `build_program`, so the step that is measured is the step that trains.
+`Run` adds the placed dataset and is what `sgdlab.train.loop` drives.
+
+A Program serves 1..P members: runs that differ only in learning_rate, lr_decay and seed
+(numbers the step reads from its state). With P > 1 every program is `jax.vmap`ped over
+the members' stacked states and their own batch orders, the data shared; with P = 1
+nothing is vmapped.
+
+The loop advances training through one program, `advance(state, x, y, feed) ->
+(state, metrics)`, that scans the step over the feed's leading axis: a whole epoch in
+one scan by default, or `config.steps_per_call` steps per call where per-step dispatch
+is faster. The feed is the data source's description of those steps' batches (for the
+device-resident source, indices into the placed arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sgdlab import models, optim
+from sgdlab.config import Resolved
+from sgdlab.data import Dataset, pipeline
+from sgdlab.train import step
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """The compiled pieces of a run (or population), built from resolved configs alone."""
+
+  members: tuple[Resolved, ...]
+  mesh: Mesh
+  model: Any
+  tx: Any
+  lr_fn: step.LrFn
+  train_step: Callable  # step.make_train_step(...): shard_map'd, not jitted
+  eval_step: Callable
+
+  @property
+  def first(self) -> Resolved:
+    return self.members[0]
+
+  @property
+  def size(self) -> int:
+    return len(self.members)
+
+  @property
+  def population(self) -> bool:
+    return len(self.members) > 1
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.first.steps_per_epoch
+
+  @property
+  def steps_per_call(self) -> int:
+    """Steps each advance call runs: config.steps_per_call, or the whole epoch."""
+    return min(self.first.config.steps_per_call or self.steps_per_epoch, self.steps_per_epoch)
+
+  def init_state(self) -> step.TrainState:
+    """Member i's initial state from its seed alone; stacked when P > 1."""
+    states = [step.init_state(self.model, self.tx, tuple(m.spec.input_shape),
+                              seed=m.config.seed, learning_rate=m.learning_rate,
+                              lr_decay=m.config.lr_decay) for m in self.members]
+    return states[0] if not self.population else _stack(states)
+
+  def abstract_state(self) -> step.TrainState:
+    return jax.eval_shape(self.init_state)
+
+  def data_keys(self) -> jax.Array:
+    keys = [pipeline.data_order_key(m.config.seed) for m in self.members]
+    return keys[0] if not self.population else jnp.stack(keys)
+
+  def plan_fn(self) -> Callable[[jax.Array, jax.Array], pipeline.Feed]:
+    """Jitted `plan(data_keys, epoch) -> feed` of an epoch: idx [P?, steps, k], mask."""
+    c = self.first
+    n, k = c.spec.n_train, c.batch_size
+
+    def plan(key, epoch):
+      return pipeline.batch_plan(n, k, jax.random.fold_in(key, epoch),
+                                 drop_remainder=c.config.drop_remainder)
+
+    if self.population:
+      each = jax.vmap(plan, in_axes=(0, None))
+
+      def plan(keys, epoch):  # one mask for all: it depends on the position alone
+        feed = each(keys, epoch)
+        return dict(idx=feed["idx"], mask=feed["mask"][0])
+
+    return jax.jit(plan)
+
+  def advance_fn(self) -> Callable[..., tuple[step.TrainState, step.Metrics]]:
+    """Jitted `advance(state, x, y, feed) -> (state, per-step metrics)`: the train step
+    scanned over the feed's steps, batches gathered on device. Donates the state."""
+    batch_sharding = NamedSharding(self.mesh, P(step.DATA))
+    train_step = self.train_step
+
+    def advance(state, x, y, feed):
+      def body(state, feed_step):
+        batch = pipeline.gather(x, y, feed_step)
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return train_step(state, batch)
+
+      return jax.lax.scan(body, state, feed)
+
+    if self.population:
+      advance = jax.vmap(advance, in_axes=(0, None, None, dict(idx=0, mask=None)))
+    return jax.jit(advance, donate_argnums=0)
+
+  def evaluate_fn(self) -> Callable[[Any, jax.Array, jax.Array], step.Metrics]:
+    """Jitted `evaluate(params, x, y) -> {loss, accuracy}` over a whole split, one scan."""
+    batch_sharding = NamedSharding(self.mesh, P(step.DATA))
+    eval_step, mesh = self.eval_step, self.mesh
+    eval_batch_size = self.first.config.eval_batch_size
+
+    def evaluate(params, x, y):
+      # Any eval batch gives the same sums; round it to the device count.
+      k = -(-min(eval_batch_size, x.shape[0]) // mesh.size) * mesh.size
+      feed = pipeline.batch_plan(x.shape[0], k, None)
+
+      def body(totals, feed_step):
+        batch = jax.lax.with_sharding_constraint(pipeline.gather(x, y, feed_step),
+                                                 batch_sharding)
+        return jax.tree.map(jnp.add, totals, eval_step(params, batch)), None
+
+      zero = dict(loss_sum=jnp.zeros(()), correct=jnp.zeros(()), count=jnp.zeros(()))
+      totals, _ = jax.lax.scan(body, zero, feed)
+      return dict(loss=totals["loss_sum"] / totals["count"],
+                  accuracy=totals["correct"] / totals["count"])
+
+    if self.population:
+      evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+    return jax.jit(evaluate)
+
+
+def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = None) -> Program:
+  """Model, optimizer, schedule and the train/eval steps for resolved configs.
+
+  Members of a population must differ only in learning_rate, lr_decay and seed
+  (`sgdlab.sweep.groups` checks it when the sweep is planned).
+  """
+  members = (members,) if isinstance(members, Resolved) else tuple(members)
+  mesh = step.make_mesh() if mesh is None else mesh
+  first = members[0]
+  c, total_steps = first.config, first.total_steps
+
+  def lr_fn(count, learning_rate, lr_decay):
+    return optim.build_schedule(c.schedule, learning_rate, lr_decay, total_steps)(count)
+
+  model = models.build(c.model, first.spec.num_classes)
+  tx = optim.direction(c.optimizer)
+  return Program(members=members, mesh=mesh, model=model, tx=tx, lr_fn=lr_fn,
+                 train_step=step.make_train_step(model, tx, lr_fn, mesh,
+                                                 noise_scale=c.noise_scale),
+                 eval_step=step.make_eval_step(model, mesh))
+
+
+@dataclasses.dataclass
+class Run:
+  """A Program with its dataset placed on the devices, and its programs compiled."""
+
+  program: Program
+  dataset: Dataset
+  arrays: dict[str, jax.Array]  # x_train, y_train, x_test, y_test on every device
+  data_keys: jax.Array
+  compile_time: float = 0.0
+  _advance: dict = dataclasses.field(default_factory=dict, repr=False)
+  _evaluate: dict = dataclasses.field(default_factory=dict, repr=False)
+  _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @property
+  def members(self) -> tuple[Resolved, ...]:
+    return self.program.members
+
+  @property
+  def block_each_call(self) -> bool:
+    """Async multi-device dispatch can deadlock XLA:CPU's collectives: block per call."""
+    mesh = self.program.mesh
+    return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+  def init_state(self) -> step.TrainState:
+    return pipeline.replicate(self.program.init_state(), self.program.mesh)
+
+  def plan(self, epoch: int) -> pipeline.Feed:
+    return self._jitted["plan"](self.data_keys, jnp.int32(epoch))
+
+  def compile(self, state: step.TrainState, feed: pipeline.Feed) -> Any:
+    """The advance program for this many steps (compiled once per length)."""
+    n = int(feed["mask"].shape[0])
+    if n not in self._advance:
+      self._advance[n] = self._jitted["advance"].lower(
+          state, self.arrays["x_train"], self.arrays["y_train"], feed).compile()
+    return self._advance[n]
+
+  def advance(self, state: step.TrainState, feed: pipeline.Feed
+              ) -> tuple[step.TrainState, step.Metrics]:
+    """Train on the feed's steps; the state passed in is donated."""
+    return self.compile(state, feed)(state, self.arrays["x_train"], self.arrays["y_train"], feed)
+
+  def evaluate(self, params: Any, split: str = "test") -> step.Metrics:
+    """Loss and accuracy of params over a whole split ("test" or "train")."""
+    x, y = self.arrays[f"x_{split}"], self.arrays[f"y_{split}"]
+    if split not in self._evaluate:
+      self._evaluate[split] = self._jitted["evaluate"].lower(params, x, y).compile()
+    return self._evaluate[split](params, x, y)
+
+  def for_members(self, members: Sequence[Resolved]) -> Run:
+    """The same compiled run for other members (other learning rates, seeds)."""
+    program = dataclasses.replace(self.program, members=tuple(members))
+    return dataclasses.replace(self, program=program,
+                               data_keys=pipeline.replicate(program.data_keys(), program.mesh))
+
+
+def create_run(members: Resolved | Sequence[Resolved], dataset: Dataset,
+               mesh: Mesh | None = None, *, compile_now: bool = True) -> Run:
+  """Build the Program, place the dataset and keys, and compile the epoch's programs
+  (compile_now=False: on first use, for runs that take a few steps only)."""
+  program = build_program(members, mesh)
+  arrays = pipeline.replicate(dict(x_train=dataset.x_train, y_train=dataset.y_train,
+                                   x_test=dataset.x_test, y_test=dataset.y_test), program.mesh)
+  run = Run(program, dataset, arrays, pipeline.replicate(program.data_keys(), program.mesh))
+  run._jitted.update(plan=program.plan_fn(), advance=program.advance_fn(),
+                     evaluate=program.evaluate_fn())
+  if not compile_now:
+    return run
+  t0 = time.perf_counter()
+  state = replicated_structs(program.abstract_state(), program.mesh)
+  run.compile(state, slice_feed(run.plan(0), 0, program.steps_per_call))
+  run._evaluate["test"] = run._jitted["evaluate"].lower(
+      state.params, arrays["x_test"], arrays["y_test"]).compile()
+  run.compile_time = time.perf_counter() - t0
+  return run
+
+
+def slice_feed(feed: pipeline.Feed, start: int, n: int) -> pipeline.Feed:
+  """Steps [start, start + n) of an epoch's feed (the steps axis is the last but one)."""
+  if start == 0 and n == feed["mask"].shape[0]:
+    return feed
+  return {key: jax.lax.slice_in_dim(v, start, start + n, axis=v.ndim - 2)
+          for key, v in feed.items()}
+
+
+def replicated_structs(tree: Any, mesh: Mesh) -> Any:
+  """Abstract arrays placed as the trainer places them: whole, on every device."""
+  rep = NamedSharding(mesh, P())
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), tree)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def member(tree: Any, i: int) -> Any:
+  """Member i of a stacked population tree."""
+  return jax.tree.map(lambda a: a[i], tree)

@@ -1,0 +1,222 @@
+"""The train step and the eval step: the one definition every other part compiles.
+
+Data parallelism has pmap semantics, written with `jax.shard_map` over a 1-D mesh
+whose axis is DATA: each device takes k / n_devices examples of the global batch and
+the gradients are averaged with `lax.pmean`.
+
+Two facts shape the code (measured on jax 0.10):
+* With shard_map's default `check_vma=True`, the gradient with respect to a
+  replicated parameter comes back already summed over the mesh, so a pmean on top
+  would multiply the learning rate by n_devices. We use `check_vma=False`, where each
+  device's gradient is its LOCAL gradient (which the noise-scale estimate needs too)
+  and the pmean is ours. tests/test_step.py checks it against the full-batch gradient.
+* A Python loop dispatching many multi-device steps asynchronously can deadlock on
+  CPU; `sgdlab.train.run` runs many steps per compiled call and the loop blocks
+  after each call on multi-device CPU meshes.
+
+The learning rate is computed inside the step from hyperparameters held in the state
+(`state.hparams`), so one compiled program serves any (learning_rate, lr_decay) and
+a population of them can be vmapped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from sgdlab import optim
+
+DATA = "data"
+
+Batch = dict[str, jax.Array]  # x [k, ...], y [k] int32, mask [k] float32 (1 = real example)
+Metrics = dict[str, jax.Array]
+# (count, learning_rate, lr_decay) -> lr_t; learning_rate and lr_decay may be traced.
+LrFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a run needs to continue: checkpoint this and training resumes bitwise."""
+
+  step: jax.Array  # int32: optimizer steps taken (Keras' `iterations`)
+  params: Any
+  opt_state: Any
+  hparams: dict[str, jax.Array]  # learning_rate, lr_decay (float32 scalars)
+  rng: jax.Array  # uint32[2]: the dropout stream; folded with (step, device)
+  diverged_at: jax.Array  # int32: step whose loss or gradient was not finite, or -1
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over all devices (all hosts' devices in a multi-process run)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(devices, (DATA,))
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation,
+               input_shape: tuple[int, ...], *, seed: int, learning_rate: float,
+               lr_decay: float) -> TrainState:
+  """Initial state from the seed alone: parameter init and dropout use separate streams."""
+  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      hparams=dict(learning_rate=jnp.asarray(learning_rate, jnp.float32),
+                   lr_decay=jnp.asarray(lr_decay, jnp.float32)),
+      rng=dropout_key, diverged_at=jnp.full((), -1, jnp.int32))
+
+
+def _tree_sq_norm(tree: Any) -> jax.Array:
+  return sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  """True iff every element is finite, as one matrix-vector product with zeros per leaf.
+
+  x * 0 is 0 for finite x and NaN for +-inf or NaN, and a sum of zeros cannot overflow,
+  so this is exactly all(isfinite). On XLA CPU the isfinite reductions cost ~10% of a
+  k=32 MLP step; the products are nearly free (experiments/benchmark_throughput.py).
+  """
+  total = jnp.zeros((), jnp.float32)
+  for g in jax.tree.leaves(tree):
+    m = g.reshape(g.shape[0], -1) if g.ndim > 1 else g.reshape(1, -1)
+    zeros = jnp.zeros((m.shape[1],), m.dtype)
+    total += jnp.sum(jnp.matmul(m, zeros, precision="highest")).astype(jnp.float32)
+  return jnp.isfinite(total)
+
+
+# On a 1-device mesh XLA CPU still runs every all-reduce (a copy of each gradient per
+# step, ~9% of a k=32 MLP step), so the collectives below skip it when there is no
+# one to reduce with.
+def _psum(x: Any) -> Any:
+  return x if jax.lax.axis_size(DATA) == 1 else jax.lax.psum(x, DATA)
+
+
+def _pmean(x: Any) -> Any:
+  return x if jax.lax.axis_size(DATA) == 1 else jax.lax.pmean(x, DATA)
+
+
+def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
+                     groups: int | None) -> tuple[Any, Metrics, Any]:
+  """Inside shard_map: this device's gradient sum, then the global mean gradient.
+
+  Returns (mean gradient over the global batch's real examples, metrics, squared norms
+  of the per-group gradient sums [groups], or None when groups is None). Masked (padding)
+  examples contribute nothing, so a partial last batch is an honest mean over fewer
+  examples, as in Keras.
+  """
+  n_dev = jax.lax.psum(1, DATA)
+  mask = batch["mask"]
+  count = _psum(jnp.sum(mask))
+
+  def loss_sum(params, x, y, m, rng):
+    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.sum(losses * m), jnp.sum(correct * m)
+
+  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+  group_sq = None
+  if groups is None:
+    (l_sum, c_sum), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
+  else:
+    # A loop, not vmap: vmap makes every weight-gradient matmul a batched dot, which
+    # XLA CPU runs far slower (k=32 MLP epoch: 15x; experiments/benchmark_noise_overhead.py).
+    size, rngs = mask.shape[0] // groups, jax.random.split(rng, groups)
+    part = lambda a, i: a[i * size:(i + 1) * size]
+    outs = [grad_fn(params, part(batch["x"], i), part(batch["y"], i), part(mask, i), rngs[i])
+            for i in range(groups)]
+    l_sum, c_sum = sum(o[0][0] for o in outs), sum(o[0][1] for o in outs)
+    group_sq = jnp.stack([_tree_sq_norm(o[1]) for o in outs])
+    g_sum = jax.tree.map(lambda *g: sum(g[1:], g[0]), *(o[1] for o in outs))
+
+  # Weighting each device's gradient by n_dev / count makes the pmean the mean over all
+  # real examples; with a full batch this is exactly pmap's pmean of per-device mean
+  # gradients.
+  weight = n_dev / jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g: _pmean(g * weight), g_sum)
+  metrics = dict(loss=_psum(l_sum) / jnp.maximum(count, 1.0), correct=_psum(c_sum),
+                 count=count)
+  return grads, metrics, group_sq
+
+
+def make_grad_fn(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], Any]:
+  """The data-parallel gradient alone (no dropout rng needed): what tests compare."""
+
+  def local(params, batch):
+    return _local_gradients(model, params, batch, jax.random.PRNGKey(0), None)[0]
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),
+                       check_vma=False)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
+                    mesh: Mesh, *, noise_scale: bool = False
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
+
+  `tx` gives the update direction without the learning rate (sgdlab.optim); the
+  step scales it by -lr_t, with lr_t from the hyperparameters in the state. A loss or
+  gradient that is not finite freezes the state and records the step in diverged_at.
+
+  noise_scale=True also returns the squared gradient norms that the online noise-scale
+  estimate needs (sgdlab.noise): each device's local gradient (B_small = k / n) and
+  the averaged one (B_big = k). On one device the batch is split into two halves to
+  get a B_small. The update is the same; only float summation order changes (and,
+  with dropout, the masks drawn).
+  """
+  n_dev = mesh.size
+  groups = (2 if n_dev == 1 else 1) if noise_scale else 1
+
+  def local_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    dev = jax.lax.axis_index(DATA)
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), dev)
+    # With noise_scale, per-group sums even with one group: the local gradient is needed.
+    grads, metrics, group_sq = _local_gradients(model, state.params, batch, rng,
+                                                groups if noise_scale else None)
+
+    lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
+    direction, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, optim.apply_lr(direction, lr))
+
+    ok = jnp.isfinite(metrics["loss"]) & _all_finite(grads) & (state.diverged_at < 0)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    diverged_at = jnp.where((state.diverged_at < 0) & ~ok, state.step, state.diverged_at)
+    new_state = state.replace(
+        step=jnp.where(ok, state.step + 1, state.step),
+        params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+        diverged_at=diverged_at)
+
+    metrics["lr"] = lr
+    if noise_scale:
+      # |G_small|^2: mean over devices and groups of each group's own mean gradient;
+      # |G_big|^2: the averaged gradient. Only meaningful on full batches.
+      local_k = batch["mask"].shape[0]
+      small_sq = jnp.mean(group_sq) / jnp.float32(local_k / groups) ** 2
+      metrics.update(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
+                     b_small=jnp.float32(local_k // groups), b_big=jnp.float32(local_k * n_dev),
+                     full=(metrics["count"] == local_k * n_dev).astype(jnp.float32))
+    return new_state, metrics
+
+  return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()),
+                       check_vma=False)
+
+
+def make_eval_step(model: nn.Module, mesh: Mesh
+                   ) -> Callable[[Any, Batch], Metrics]:
+  """Sums of loss and correct predictions over a sharded, masked batch (no dropout)."""
+
+  def local_eval(params: Any, batch: Batch) -> Metrics:
+    logits = model.apply({"params": params}, batch["x"], train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    m = batch["mask"]
+    return jax.tree.map(_psum, dict(
+        loss_sum=jnp.sum(losses * m), correct=jnp.sum(correct * m), count=jnp.sum(m)))
+
+  return jax.shard_map(local_eval, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),
+                       check_vma=False)

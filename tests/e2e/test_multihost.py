@@ -1,0 +1,72 @@
+"""One run across two processes on 127.0.0.1 gives the metrics of one process."""
+
+import glob
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+
+from conftest import subprocess_env
+from sgdlab.sweep import store
+from sgdlab.train import api as trainer
+from sgdlab.train import step
+
+CONFIG = textwrap.dedent('''
+    from sgdlab.config import default_config
+
+    def get_config():
+      c = default_config()
+      c.data.name = "synthetic"
+      c.data.synthetic_n_train = 200
+      c.data.synthetic_n_test = 64
+      c.data.synthetic_input_shape = (6, 6, 1)
+      c.model.hidden = (16,)
+      c.batch_size = 32
+      c.num_epochs = 3
+      c.learning_rate = 0.5
+      c.checkpoint_every_epochs = 1
+      return c
+''')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_give_the_metrics_of_one(tmp_path):
+  config = tmp_path / "multihost.py"
+  config.write_text(CONFIG)
+  workdir = tmp_path / "runs"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "sgdlab.launch", f"--config={config}", f"--workdir={workdir}",
+       "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}"], env=subprocess_env(1), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+  for i, (_, err) in enumerate(outs):
+    assert f"multi-process run: process {i} of 2, 1 local of 2 devices" in err
+    assert "epoch 3/3" in err  # both processes train
+  assert "summary:" in outs[0][1] and "summary:" not in outs[1][1]  # one writer
+
+  # The same config in one process, on a mesh of two devices.
+  namespace = {}
+  exec(CONFIG, namespace)  # noqa: S102 - the test's own config text
+  one = trainer.train(namespace["get_config"](), mesh=step.make_mesh(jax.devices()[:2]))
+  (point,) = [os.path.dirname(p) for p in glob.glob(str(workdir / "*" / "config.json"))]
+  two = store.load_history(point)
+  assert store.status(point)["status"] == "done"
+  np.testing.assert_allclose(two.steps["loss"], one.steps["loss"], rtol=1e-5)
+  for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+    np.testing.assert_allclose(two.epochs[key], one.epochs[key], rtol=1e-5, atol=1e-6)
+  params = store.load_params(point)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(one.state.params)[0]:
+    key = "/".join(str(k.key) for k in path)
+    np.testing.assert_allclose(params[key], np.asarray(leaf), rtol=1e-4, atol=1e-6)

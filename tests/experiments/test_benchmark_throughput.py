@@ -1,0 +1,123 @@
+"""The throughput benchmark's loops on a tiny problem, and the step change it led to.
+
+No timing is asserted: the script reports speed. These tests check that every loop
+runs and reports positive numbers, that the hand-written JAX loop does exactly the
+SGD sgdlab does (so the benchmark compares like with like), and that the cheaper
+finiteness check in sgdlab.step still catches every non-finite gradient.
+"""
+
+import importlib.util
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import REPO
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sgdlab import data
+from sgdlab.train import step
+
+
+def _load_script():
+  path = os.path.join(REPO, "experiments", "benchmark_throughput.py")
+  spec = importlib.util.spec_from_file_location("benchmark_throughput", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # its dataclasses look their module up
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load_script()
+HIDDEN = (32, 16)  # small and uneven: a transposed or misordered layer shows up
+
+
+def _tiny_dataset(n_train=100):
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(n_train + 20, 8, 8, 1)).astype(np.float32)
+  y = rng.integers(0, 10, n_train + 20).astype(np.int32)
+  return data.Dataset("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
+
+
+def test_benchmark_reports_positive_throughput_and_parity(mesh1):
+  # k=32 on 100 examples: three full batches and a partial one of 4.
+  results = bench.benchmark(_tiny_dataset(), [32], epochs=1, repeats=2, mesh=mesh1,
+                            hidden=HIDDEN, with_torch=False)
+  (r,) = results
+  for name in (bench.SGDLAB, bench.JAX_LOOP):
+    assert len(r.epoch_times[name]) == 2 and all(t > 0 for t in r.epoch_times[name])
+    median, low, high = r.examples_per_sec(name)
+    assert 0 < low <= median <= high
+    assert np.isfinite(r.final_loss[name])
+  assert r.ratio(bench.SGDLAB)[0] > 0 and r.ratio(bench.SGDLAB, cpu=True)[0] > 0
+  # Same initial parameters and batch order: one epoch of each gives the same weights.
+  assert r.parity < 1e-5
+  table = bench.format_table(results)
+  assert table.splitlines()[2].startswith("| 32 |") and "PyTorch" not in table
+
+
+def test_sgdlab_and_jax_loop_keep_matching_over_epochs(mesh1):
+  ds = _tiny_dataset()
+  sg = bench.make_sgdlab_loop(ds, 16, mesh1, lr=0.1, decay=1e-2, hidden=HIDDEN)
+  jl = bench.make_jax_loop(ds, 16, lr=0.1, decay=1e-2, hidden=HIDDEN, layers=sg.params(),
+                           device=mesh1.devices.flat[0])
+  for e in range(3):
+    np.testing.assert_allclose(sg.run_epoch(e), jl.run_epoch(e), rtol=1e-5)
+  assert bench.max_param_diff(sg.params(), jl.params()) < 1e-5
+
+
+def test_torch_loop_trains():
+  pytest.importorskip("torch")
+  ds = _tiny_dataset()
+  loop = bench.make_torch_loop(ds, 32, lr=0.1, decay=1e-3, hidden=HIDDEN)
+  before = loop.params()
+  losses = [loop.run_epoch(e) for e in range(2)]
+  assert all(np.isfinite(losses))
+  assert [w.shape for w, _ in before] == [(64, 32), (32, 16), (16, 10)]
+  assert bench.max_param_diff(before, loop.params()) > 0
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_all_finite_flags_any_non_finite_element(bad):
+  tree = dict(w=np.ones((7, 3, 2), np.float32), b=np.zeros(5, np.float32),
+              s=np.float32(2.0))
+  check = jax.jit(step._all_finite)
+  assert bool(check(tree))
+  # Large finite values: a plain sum would overflow to inf; the check must not.
+  assert bool(check(jax.tree.map(lambda a: np.full_like(a, 3e38), tree)))
+  for key, index in (("w", (6, 2, 1)), ("b", (0,)), ("s", ())):
+    broken = jax.tree.map(np.copy, tree)
+    broken[key] = np.array(broken[key])
+    broken[key][index] = bad
+    assert not bool(check(broken)), (key, bad)
+
+
+class _InfiniteGradient(nn.Module):
+  """Finite loss, non-finite gradient: d sqrt(s) / ds is inf at s = 0."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    s = self.param("s", nn.initializers.zeros, ())
+    return nn.Dense(10)(x.reshape((x.shape[0], -1))) + jnp.sqrt(s)
+
+
+@pytest.mark.parametrize("mesh_name", ["mesh1", "mesh8"])
+def test_non_finite_gradient_with_finite_loss_freezes_the_state(mesh_name, request):
+  mesh = request.getfixturevalue(mesh_name)
+  model, tx = _InfiniteGradient(), optax.identity()
+  state = step.init_state(model, tx, (4,), seed=0, learning_rate=0.1, lr_decay=0.0)
+  before = jax.device_get(state.params)
+  train_step = jax.jit(step.make_train_step(model, tx, lambda c, lr, d: lr, mesh))
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(dict(x=rng.normal(size=(8, 4)).astype(np.float32),
+                              y=np.arange(8, dtype=np.int32),
+                              mask=np.ones(8, np.float32)), NamedSharding(mesh, P(step.DATA)))
+  state, metrics = train_step(state, batch)
+  assert np.isfinite(metrics["loss"])
+  assert int(state.diverged_at) == 0 and int(state.step) == 0
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)

@@ -1,0 +1,86 @@
+"""The Run: batch plans, the advance program, calls of any length, populations."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from conftest import tiny_config
+from sgdlab import config as config_lib
+from sgdlab import data
+from sgdlab.data import pipeline
+from sgdlab.train import loop, run as run_lib
+
+
+def _run(mesh, **overrides):
+  c = tiny_config(**overrides)
+  resolved = config_lib.resolve(c, n_devices=mesh.size)
+  return run_lib.create_run(resolved, data.load(resolved.config.data), mesh)
+
+
+def test_batch_plan_sees_every_example_once():
+  feed = pipeline.batch_plan(10, 4, jax.random.PRNGKey(0))
+  idx, mask = np.asarray(feed["idx"]), np.asarray(feed["mask"])
+  assert idx.shape == mask.shape == (3, 4)
+  assert sorted(idx[mask == 1].tolist()) == list(range(10))
+  assert mask.sum() == 10 and mask[-1].tolist() == [1, 1, 0, 0]
+  assert not np.array_equal(idx, pipeline.batch_plan(10, 4, jax.random.PRNGKey(1))["idx"])
+
+
+def test_drop_remainder_keeps_only_full_batches():
+  feed = pipeline.batch_plan(10, 4, jax.random.PRNGKey(0), drop_remainder=True)
+  assert feed["idx"].shape == (2, 4) and np.all(np.asarray(feed["mask"]) == 1)
+  assert len(set(np.asarray(feed["idx"]).ravel().tolist())) == 8
+
+
+def test_an_epoch_at_k1_is_per_example_sgd(mesh1):
+  run = _run(mesh1, batch_size=1, **{"data.synthetic_n_train": 5, "lr_decay": 0.5,
+                                     "learning_rate": 0.1})
+  program = run.program
+  state = run.init_state()
+  params = jax.device_get(state.params)
+  x, y = run.dataset.x_train, run.dataset.y_train
+  order = np.asarray(run.plan(0)["idx"])[:, 0]
+
+  def loss(p, i):
+    logits = program.model.apply({"params": p}, x[i:i + 1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y[i:i + 1]).mean()
+
+  for t, i in enumerate(order):
+    lr = 0.1 / (1 + 0.5 * t)
+    params = jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(loss)(params, i))
+  state, metrics = run.advance(state, run.plan(0))
+  assert metrics["loss"].shape == (5,)
+  np.testing.assert_allclose(metrics["lr"], [0.1 / (1 + 0.5 * t) for t in range(5)], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_calls_of_any_length_give_the_bits_of_one_epoch_call(mesh1, steps_per_call):
+  # steps_per_call is a speed knob (per-step dispatch for conv nets on CPU), not a result.
+  whole = loop.run_loop(_run(mesh1))[0]
+  pieces = loop.run_loop(_run(mesh1, steps_per_call=steps_per_call))[0]
+  assert pieces.steps["loss"] == whole.steps["loss"]
+  assert pieces.epochs["test_loss"] == whole.epochs["test_loss"]
+
+
+def test_chunks_cover_any_length_with_few_distinct_calls():
+  assert loop.chunks(13, 4) == [4, 4, 4, 1]
+  assert loop.chunks(7, 8) == [4, 2, 1]
+  assert sum(loop.chunks(1000, 64)) == 1000
+  assert len(set(n for m in range(1, 200) for n in loop.chunks(m, 64))) <= 7
+
+
+def test_eval_steps_and_a_target_stop_the_run_where_it_is_reached(mesh1):
+  run = _run(mesh1, num_epochs=20)
+  target = loop.Target("test_accuracy", 0.0)  # reached at the first evaluation
+  h = loop.run_loop(run, eval_steps=[3, 5], target=target)[0]
+  assert h.reached == 3 and h.evals["step"] == [3]
+  assert len(h.steps["loss"]) == 3 and h.num_epochs == 0
+
+
+def test_max_steps_stops_inside_an_epoch_and_evaluates_there(mesh1):
+  h = loop.run_loop(_run(mesh1), max_steps=2)[0]
+  assert len(h.steps["loss"]) == 2 and h.evals["step"] == [2]
+  assert int(h.state.step) == 2
