@@ -21,7 +21,9 @@ import jax
 from absl import app, flags
 
 from sgdlab import config as config_lib
-from sgdlab import memory, step, trials
+from sgdlab.memory import budget as budget_lib
+from sgdlab.memory import search, trials, units
+from sgdlab.train import step
 
 _BUDGET = flags.DEFINE_string("memory_budget", "1536MiB", "Per-process budget beyond start-up.")
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "mlp"], "Model to fit.")
@@ -32,15 +34,15 @@ def main(argv: list[str]) -> None:
   del argv
   config = config_lib.default_config()
   config.model.name = _MODEL.value
-  budget = memory.Budget(memory.parse_bytes(_BUDGET.value), config.memory_headroom,
+  budget = budget_lib.Budget(units.parse_bytes(_BUDGET.value), config.memory_headroom,
                          f"memory_budget={_BUDGET.value}", given=_BUDGET.value)
   mesh = step.make_mesh(jax.devices()[:1])
 
   t0 = time.perf_counter()
-  quick = memory.find_batch_size(config, budget, mesh=mesh, exact=False, check_trainer=False)
+  quick = search.find_batch_size(config, budget, mesh=mesh, exact=False, check_trainer=False)
   compile_pow2_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  full = memory.find_batch_size(config, budget, mesh=mesh)
+  full = search.find_batch_size(config, budget, mesh=mesh)
   compile_full_s = time.perf_counter() - t0
 
   manual = trials.trial_search(config, budget_bytes=budget.bytes, start=_START.value)
@@ -56,7 +58,7 @@ def main(argv: list[str]) -> None:
   compile mode, exact k and the trainer's programs: k={full.largest_k} \
 (2^j: {full.largest_power_of_two})  {compile_full_s:6.1f}s  ({full.compiles} compiles)
   trial mode from {_START.value}: k={manual.largest_power_of_two}  {manual.seconds:6.1f}s  \
-({len(manual.trials)} child processes; up to {memory.format_bytes(touched)} touched)
+({len(manual.trials)} child processes; up to {units.format_bytes(touched)} touched)
   same power of two: {'yes' if same else 'NO'}
   speed-up, power of two: {manual.seconds / compile_pow2_s:.1f}x; \
 with exact k and trainer check: {manual.seconds / compile_full_s:.1f}x""")

@@ -5,7 +5,7 @@ r"""What the online noise-scale estimate costs: examples/s with noise_scale on a
 MLP 784-512-512-10 (no dropout), SGD, the 4,000 bundled MNIST training digits, one
 device by default (--devices=N uses N devices; for fake CPU devices set
 XLA_FLAGS=--xla_force_host_platform_device_count=N first). Each configuration is
-sgdlab's own compiled epoch (trainer.build_program(...).epoch_fn()) plus the host
+sgdlab's own Run (`sgdlab.train.run.create_run`: epoch plan and advance) plus the host
 sync the trainer does per epoch; evaluation is left out. With noise_scale=True, one
 device computes the gradient of each half of the batch separately (a vmap over two
 groups) and the step returns two more squared norms; on n devices it returns each
@@ -24,12 +24,13 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
 from sgdlab import config as config_lib
-from sgdlab import data, noise, step, trainer
+from sgdlab import data, noise
+from sgdlab.train import run as run_lib
+from sgdlab.train import step
 
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per configuration per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds over on/off, order swapped each.")
@@ -44,17 +45,14 @@ def make_loop(dataset: data.Dataset, k: int, mesh, noise_scale: bool, lr: float)
   c.model.hidden, c.model.dropout = (512, 512), 0.0
   c.schedule.name, c.lr_decay = "constant", 0.0
   c.batch_size, c.learning_rate, c.noise_scale = k, lr, noise_scale
-  config_lib.validate(c, n_devices=mesh.size, n_train=dataset.n_train)
-  program = trainer.build_program(c, dataset, mesh)
-  x, y = trainer.replicate((dataset.x_train, dataset.y_train), mesh)
-  key = trainer.replicate(jax.random.fold_in(jax.random.PRNGKey(c.seed), 1), mesh)
-  box = dict(state=trainer.replicate(program.init_state(), mesh))
-  epoch_fn = program.epoch_fn().lower(box["state"], x, y, key, jnp.int32(0)).compile()
+  run = run_lib.create_run(config_lib.resolve(c, n_devices=mesh.size, spec=dataset.spec()),
+                           dataset, mesh)
+  box = dict(state=run.init_state())
   ema = noise.NoiseEMA(c.noise_ema)
 
   def run_epoch(e: int) -> float:
     start = time.perf_counter()
-    box["state"], metrics = epoch_fn(box["state"], x, y, key, jnp.int32(e))
+    box["state"], metrics = run.advance(box["state"], run.plan(e))
     metrics = jax.device_get(metrics)  # the trainer's one sync per epoch
     if int(box["state"].diverged_at) >= 0:
       raise FloatingPointError(f"diverged at k={k}; lower --learning_rate")

@@ -5,8 +5,8 @@ r"""Population training vs sequential runs: member-examples per second.
 
 MLP 784-512-512-10 on the bundled MNIST (4,000 training examples), SGD with Keras
 decay. For each k it compiles one run's epoch (`Program.epoch_fn`, what
-`trainer.train` runs) and the population epochs for P = 1, 4, 8, 16 members
-(`population.population_epoch`, what `population.train_population` runs; learning
+`sgdlab.train.train` runs) and the population epochs for P = 1, 4, 8, 16 members
+(the vmapped Run that `sgdlab.train.train_population` builds; learning
 rates from 0.5 to 0.01, one seed per member), then times whole training epochs,
 alternating one epoch of each variant per round, so a change in machine load hits
 all of them alike. Printed, the median over rounds of:
@@ -30,11 +30,12 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from sgdlab import config as config_lib
-from sgdlab import data, population, step, trainer
+from sgdlab import data
+from sgdlab.train import run as run_lib
+from sgdlab.train import step
 
 _SIZES = flags.DEFINE_list("sizes", ["1", "4", "8", "16"], "Population sizes.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "256"], "Batch sizes k.")
@@ -55,18 +56,16 @@ def _rates(size: int) -> list[float]:
 
 
 class _Variant:
-  """One compiled epoch and its state, timed one epoch at a time."""
+  """One Run (a single run or a population) and its state, timed one epoch at a time."""
 
-  def __init__(self, epoch_fn, state, key, x, y):
-    self.x, self.y, self.key, self.state = x, y, key, state
-    t0 = time.perf_counter()
-    self.fn = epoch_fn.lower(state, x, y, key, jnp.int32(0)).compile()
-    self.compile_time = time.perf_counter() - t0
+  def __init__(self, run: run_lib.Run):
+    self.runner, self.state = run, run.init_state()
+    self.compile_time = run.compile_time
     self.wall, self.cpu, self.epoch = [], [], 0
 
   def run(self, timed: bool = True) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
-    self.state, metrics = self.fn(self.state, self.x, self.y, self.key, jnp.int32(self.epoch))
+    self.state, metrics = self.runner.advance(self.state, self.runner.plan(self.epoch))
     jax.block_until_ready(metrics)
     if timed:
       self.wall.append(time.perf_counter() - wall)
@@ -78,23 +77,19 @@ def main(argv: list[str]) -> None:
   del argv
   dataset = data.load(config_lib.default_config().data)
   mesh = step.make_mesh(jax.devices()[:1])
-  x, y = trainer.replicate((dataset.x_train, dataset.y_train), mesh)
   n = dataset.n_train
+  resolve = lambda c: config_lib.resolve(c, n_devices=mesh.size, spec=dataset.spec())
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); n_train={n}; "
         f"median of {_ROUNDS.value} epochs; load average {os.getloadavg()[0]:.1f}\n")
   print("| k | P | population member-ex/s | sequential ex/s | speedup | cpu speedup "
         "| compile s (population / one run) |")
   print("|---:|---:|---:|---:|---:|---:|---:|")
   for k in map(int, _BATCH_SIZES.value):
-    base = _config(k, 0.1, 0)
-    program = trainer.build_program(base, dataset, mesh)
-    single = _Variant(program.epoch_fn(), trainer.replicate(program.init_state(), mesh),
-                      trainer.replicate(trainer.data_order_key(base), mesh), x, y)
+    single = _Variant(run_lib.create_run(resolve(_config(k, 0.1, 0)), dataset, mesh))
     pops = {}
     for size in map(int, _SIZES.value):
-      configs = [_config(k, lr, seed) for seed, lr in enumerate(_rates(size))]
-      state, keys = trainer.replicate(population.init_population(program, configs), mesh)
-      pops[size] = _Variant(population.population_epoch(program), state, keys, x, y)
+      members = [resolve(_config(k, lr, seed)) for seed, lr in enumerate(_rates(size))]
+      pops[size] = _Variant(run_lib.create_run(members, dataset, mesh))
     variants = [single, *pops.values()]
     for v in variants:
       v.run(timed=False)

@@ -15,12 +15,14 @@ the trainer's programs in a child process per k; on CPU under an address-space l
 
 The same config trains with the batch size found: batch_size = "auto".
   python -m sgdlab.launch --config=experiments/fit_batch_size.py --config.memory_budget=2GiB
+--config=experiments/fit_batch_size.py:small is a small CNN on 16x16 synthetic images
+(seconds; what the tests run).
 """
 
 from sgdlab.config import default_config
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = default_config()
   config.model.name = "cnn"  # conv 32, conv 64, max-pool, dropout, dense 128, dropout
   config.batch_size = "auto"  # the largest k whose compiled step fits memory_budget
@@ -32,4 +34,9 @@ def get_config():
   config.lr_decay = 0.0
   config.schedule.name = "constant"
   config.num_epochs = 1
+  if variant == "small":
+    config.data.name = "synthetic"
+    config.data.synthetic_n_train, config.data.synthetic_n_test = 512, 64
+    config.data.synthetic_input_shape = (16, 16, 1)
+    config.model.features, config.model.dense = (4, 8), 16
   return config

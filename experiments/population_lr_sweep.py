@@ -11,13 +11,15 @@ stops only that member) and whether decay helps the smaller rates within 10 epoc
 Seeds can join the same population (each member keeps its own batch order, so each
 still equals its separate run): add
   --config.sweep.points="({'seed': 0}, {'seed': 1}, {'seed': 2})"
-for 18 runs in one program.
+for 18 runs in one program. The population checkpoints and resumes like a single run
+(checkpoint_every_epochs). --config=experiments/population_lr_sweep.py:small runs the
+same sweep on tiny synthetic data in seconds (the tests).
 """
 
 from sgdlab.config import default_config
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = default_config()
   config.model.name = "mlp"
   config.model.hidden = (512, 512)
@@ -27,4 +29,10 @@ def get_config():
   config.population = True
   config.sweep.product.learning_rate = (1.0, 0.1, 0.01)
   config.sweep.product.lr_decay = (1e-3, 0.0)
+  if variant == "small":
+    config.data.name = "synthetic"
+    config.data.synthetic_n_train, config.data.synthetic_n_test = 256, 64
+    config.data.synthetic_input_shape = (6, 6, 1)
+    config.model.hidden = (16,)
+    config.num_epochs, config.checkpoint_every_epochs = 2, 1
   return config

@@ -53,8 +53,12 @@ from sgdlab.train import step
 METRICS = ("test_accuracy", "train_loss")
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The defaults the module docstring describes; override with --config.field=value."""
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """The defaults the module docstring describes; override with --config.field=value.
+
+  variant "small": tiny synthetic data, three k, a low target: every code path in
+  seconds (what the tests run): --config=experiments/steps_to_target.py:small
+  """
   c = config_lib.default_config()
   c.model.name, c.model.hidden, c.model.dropout = "mlp", (512, 512), 0.0
   c.optimizer.name = "sgd"
@@ -76,6 +80,16 @@ def get_config() -> ml_collections.ConfigDict:
       noise_checkpoints=4,  # checkpoints of that run with exact and fixed-params B_simple
       noise_fixed_batches=400,  # batches averaged at each checkpoint
   ))
+  if variant == "small":
+    c.data.name = "synthetic"
+    c.data.synthetic_n_train, c.data.synthetic_n_test = 256, 128
+    c.data.synthetic_input_shape = (6, 6, 1)
+    c.model.hidden = (32,)
+    c.learning_rate = 0.1
+    s = c.steps_to_target
+    s.batch_sizes, s.target, s.max_lrs, s.max_steps = (8, 64), 0.3, 2, 500
+    s.noise_batch_size, s.noise_fixed_batches, s.noise_checkpoints = 32, 10, 2
+    s.noise_length = 2.0
   return c
 
 

@@ -17,10 +17,12 @@ _STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
 
 
 def _save(fig, path: str | os.PathLike | None):
+  """Write the figure atomically; a saved figure is closed (a sweep draws hundreds)."""
   if path is not None:
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=150, bbox_inches="tight")
     os.replace(tmp, path)
+    plt.close(fig)
   return fig
 
 
@@ -85,8 +87,6 @@ def bytes_vs_k_figure(reports: Sequence, path: str | os.PathLike | None = None):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, frameon=False)
   fig.tight_layout()
-  _save(fig, path)
-  plt.close(fig)
-  return fig
+  return _save(fig, path)
 
 
