@@ -87,8 +87,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.hidden = (32,)
     c.learning_rate = 0.1
     s = c.steps_to_target
-    s.batch_sizes, s.target, s.max_lrs, s.max_steps = (8, 64), 0.3, 2, 500
-    s.noise_batch_size, s.noise_fixed_batches, s.noise_checkpoints = 32, 10, 2
+    s.batch_sizes, s.target, s.max_lrs, s.max_steps = (16, 64), 0.3, 2, 300
+    s.noise_batch_size, s.noise_fixed_batches, s.noise_checkpoints = 32, 5, 2
     s.noise_length = 2.0
   return c
 

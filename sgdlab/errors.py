@@ -6,7 +6,11 @@ and they are raised before anything compiles or is written.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
+
+import numpy as np
 
 USAGE_EXIT_CODE = 2
 
@@ -27,3 +31,19 @@ class UsageError(ConfigError):
   def __init__(self, name: str, value: Any, valid: str):
     ValueError.__init__(self, f"{name}={value} is invalid: {valid}")
     self.field, self.value, self.valid = name, value, valid
+
+
+def check_number(field: str, value: Any, *, low: float | None = None,
+                 high: float | None = None, strict: bool = False, high_open: bool = False,
+                 integer: bool = False, what: str) -> None:
+  """ConfigError unless value is a finite number (an integer if asked, never a bool) in
+  [low, high]; strict excludes low, high_open excludes high. The one number check."""
+  ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+  if ok:
+    ok = math.isfinite(value) and (not integer or float(value).is_integer())
+  if ok and low is not None:
+    ok = value > low if strict else value >= low
+  if ok and high is not None:
+    ok = value < high if high_open else value <= high
+  if not ok:
+    raise ConfigError(field, value, what)

@@ -131,7 +131,7 @@ def online_at_fixed_params(train_step: Callable, mesh: Mesh, state: step_lib.Tra
   `train_step` is the step built with noise_scale=True (Program.train_step); it is run
   on `num_batches` full batches drawn epoch by epoch without replacement, and every
   update is discarded, so all batches see the same parameters. One compiled scan:
-  no per-step dispatch (see sgdlab.step on multi-device loops on CPU).
+  no per-step dispatch (see sgdlab.train.step on multi-device loops on CPU).
   """
   n = int(x.shape[0])
   if not 1 <= batch_size <= n:

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, check_number
 
 SCHEDULES = ("constant", "inverse_time", "exponential", "cosine", "step")
 SCALING_RULES = ("none", "linear", "sqrt")
@@ -105,40 +105,28 @@ def cosine_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
   return cfg.decay_steps or total_steps - cfg.warmup_steps
 
 
-def _is_int(x: Any) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
 def validate_schedule(cfg: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
   """ConfigError naming the first invalid field of config.schedule."""
   if cfg.name not in SCHEDULES:
     raise ConfigError("schedule.name", cfg.name, f"one of {', '.join(SCHEDULES)}")
-  if not _is_int(cfg.warmup_steps) or cfg.warmup_steps < 0:
-    raise ConfigError("schedule.warmup_steps", cfg.warmup_steps, "an integer >= 0")
-  if not _is_real(cfg.warmup_init) or not 0.0 <= cfg.warmup_init <= 1.0:
-    raise ConfigError("schedule.warmup_init", cfg.warmup_init, "a number in [0, 1]")
-  if not _is_real(cfg.decay_rate) or not cfg.decay_rate > 0:
-    raise ConfigError("schedule.decay_rate", cfg.decay_rate, "a number > 0")
-  if not _is_int(cfg.transition_steps) or cfg.transition_steps <= 0:
-    raise ConfigError("schedule.transition_steps", cfg.transition_steps, "an integer > 0")
+  check_number("schedule.warmup_steps", cfg.warmup_steps, low=0, integer=True,
+               what="an integer >= 0")
+  check_number("schedule.warmup_init", cfg.warmup_init, low=0, high=1, what="a number in [0, 1]")
+  check_number("schedule.decay_rate", cfg.decay_rate, low=0, strict=True, what="a number > 0")
+  check_number("schedule.transition_steps", cfg.transition_steps, low=0, strict=True,
+               integer=True, what="an integer > 0")
   if not isinstance(cfg.staircase, (bool, np.bool_)):
     raise ConfigError("schedule.staircase", cfg.staircase, "True or False")
-  if not _is_int(cfg.decay_steps) or cfg.decay_steps < 0:
-    raise ConfigError("schedule.decay_steps", cfg.decay_steps,
-                      "an integer >= 0 (0: total_steps - warmup_steps)")
-  if not _is_real(cfg.alpha) or not 0.0 <= cfg.alpha <= 1.0:
-    raise ConfigError("schedule.alpha", cfg.alpha, "a number in [0, 1]")
+  check_number("schedule.decay_steps", cfg.decay_steps, low=0, integer=True,
+               what="an integer >= 0 (0: total_steps - warmup_steps)")
+  check_number("schedule.alpha", cfg.alpha, low=0, high=1, what="a number in [0, 1]")
   b = cfg.boundaries
   if (isinstance(b, (str, bytes)) or not isinstance(b, Sequence)
-      or not all(_is_int(x) and x > 0 for x in b)
+      or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0
+                 for x in b)
       or any(x >= y for x, y in zip(b, b[1:]))):
     raise ConfigError("schedule.boundaries", b, "a strictly increasing sequence of integers > 0")
-  if not _is_real(cfg.factor) or not cfg.factor > 0:
-    raise ConfigError("schedule.factor", cfg.factor, "a number > 0")
+  check_number("schedule.factor", cfg.factor, low=0, strict=True, what="a number > 0")
   if cfg.name == "cosine" and total_steps is not None and cosine_steps(cfg, total_steps) <= 0:
     raise ConfigError("schedule.decay_steps", cfg.decay_steps,
                       f"cosine needs decay_steps > 0; total_steps={total_steps} minus "
@@ -205,8 +193,6 @@ def validate_optimizer(cfg: ml_collections.ConfigDict) -> None:
   if cfg.name not in OPTIMIZERS:
     raise ConfigError("optimizer.name", cfg.name, f"one of {', '.join(OPTIMIZERS)}")
   for field in ("momentum", "b1", "b2"):
-    value = cfg[field]
-    if not _is_real(value) or not 0.0 <= value < 1.0:
-      raise ConfigError(f"optimizer.{field}", value, "a number in [0, 1)")
-  if not _is_real(cfg.eps) or not cfg.eps > 0:
-    raise ConfigError("optimizer.eps", cfg.eps, "a number > 0")
+    check_number(f"optimizer.{field}", cfg[field], low=0, high=1, high_open=True,
+                 what="a number in [0, 1)")
+  check_number("optimizer.eps", cfg.eps, low=0, strict=True, what="a number > 0")

@@ -18,7 +18,7 @@ import ml_collections
 
 from sgdlab import data, models, optim
 from sgdlab.config.fields import run_name
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,18 +81,6 @@ class Resolved:
     return resolve(config, n_devices=self.n_devices, spec=self.spec)
 
 
-def check_number(field: str, value: Any, *, low: float, strict: bool = False,
-                 integer: bool = False, what: str) -> None:
-  """ConfigError unless value is a finite number above `low` (an integer if asked)."""
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  if ok and integer:
-    ok = float(value).is_integer()
-  if ok:
-    ok = math.isfinite(value) and (value > low if strict else value >= low)
-  if not ok:
-    raise ConfigError(field, value, what)
-
-
 def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
             spec: data.DataSpec | None = None) -> Resolved:
   """Every check that needs no compiling, once; a Resolved copy of the config.
@@ -117,11 +105,10 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
                what="an integer >= 0 (0: a whole epoch per compiled call)")
   check_number("checkpoint_every_epochs", c.checkpoint_every_epochs, low=0, integer=True,
                what="an integer >= 0 (0 = no checkpoints)")
-  check_number("memory_headroom", c.memory_headroom, low=0, what="a fraction in [0, 1)")
-  if c.memory_headroom >= 1:
-    raise ConfigError("memory_headroom", c.memory_headroom, "a fraction in [0, 1)")
-  if not 0 < c.noise_ema < 1:
-    raise ConfigError("noise_ema", c.noise_ema, "a number in (0, 1)")
+  check_number("memory_headroom", c.memory_headroom, low=0, high=1, high_open=True,
+               what="a fraction in [0, 1)")
+  check_number("noise_ema", c.noise_ema, low=0, strict=True, high=1, high_open=True,
+               what="a number in (0, 1)")
   if c.lr_scaling not in optim.SCALING_RULES:
     raise ConfigError("lr_scaling", c.lr_scaling, f"one of {list(optim.SCALING_RULES)}")
   if not isinstance(c.drop_remainder, bool):

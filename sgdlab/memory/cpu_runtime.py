@@ -20,7 +20,7 @@ import re
 # code, compile-time memory, allocator slack), as address space after `warm_up`:
 # 50-160 MiB over 10 configurations (MLP and CNN, k=64..8192, 0.3-6 GiB), measured as
 # the smallest RLIMIT_AS under which real steps ran. Reserved: 160 MiB plus 5% of the
-# modeled bytes. tests/test_memory.py checks it against real out-of-memory failures.
+# modeled bytes. tests/memory/test_memory.py checks it against real out-of-memory failures.
 CPU_RESERVE_BYTES = 192 << 20
 CPU_RESERVE_FRACTION = 0.05
 

@@ -9,7 +9,7 @@ Two facts shape the code (measured on jax 0.10):
   replicated parameter comes back already summed over the mesh, so a pmean on top
   would multiply the learning rate by n_devices. We use `check_vma=False`, where each
   device's gradient is its LOCAL gradient (which the noise-scale estimate needs too)
-  and the pmean is ours. tests/test_step.py checks it against the full-batch gradient.
+  and the pmean is ours. tests/train/test_step.py checks it against the full-batch gradient.
 * A Python loop dispatching many multi-device steps asynchronously can deadlock on
   CPU; `sgdlab.train.run` runs many steps per compiled call and the loop blocks
   after each call on multi-device CPU meshes.

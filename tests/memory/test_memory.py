@@ -367,11 +367,14 @@ def check_against_real_oom(config, est, budget_bytes: int) -> tuple[int, int]:
   return p, k
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_compile_mode_matches_real_out_of_memory(model, mesh1):
+@pytest.mark.parametrize("model,powers", [
+    ("mlp", [4096]), ("cnn", [2048]),
+    pytest.param("mlp", OOM_POWERS["mlp"], marks=pytest.mark.slow),
+    pytest.param("cnn", OOM_POWERS["cnn"], marks=pytest.mark.slow)])
+def test_compile_mode_matches_real_out_of_memory(model, powers, mesh1):
+  """One budget per model in the default suite; three each with -m slow."""
   config = oom_config(model)
   est = estimator_for(config, mesh1)
-  powers = OOM_POWERS[model]
   budgets = agreement_budgets(est, powers)
   for b in budgets:  # compile in this thread; the children then run two at a time
     search.find_batch_size(config, budget(b), estimator=est)
