@@ -42,7 +42,9 @@ class Target:
     return self.metric.split("_")[0]
 
   def reached(self, value: float) -> bool:
-    return value >= self.value if self.metric.endswith("accuracy") else value <= self.value
+    # In float32, as the metric was computed: 900 / 1000 is 0.9f, which is below 0.9.
+    value, target = np.float32(value), np.float32(self.value)
+    return bool(value >= target if self.metric.endswith("accuracy") else value <= target)
 
 
 def chunks(n: int, size: int) -> list[int]:
@@ -78,6 +80,7 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
                    first_epoch)
   live = [m for m, h in enumerate(histories) if not h.diverged and h.reached is None]
   evals = sorted(set(int(t) for t in eval_steps))
+  eval_set = set(evals)
   for epoch in range(first_epoch, config.num_epochs):
     start = time.perf_counter()
     first_step = epoch * steps_per_epoch
@@ -124,7 +127,8 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
         logging.info("population of %d | epoch %d/%d | %d going on | %.2fs %.0f member-ex/s",
                      len(members), epoch + 1, config.num_epochs, len(going_on), wall,
                      len(live) * members[0].spec.n_train / wall)
-      if target is not None or first_step + pos in evals:
+      # The target is checked at the evaluation steps, or at every epoch's end if none.
+      if first_step + pos in eval_set or (target is not None and not evals):
         going_on = _evaluate_at(run, state, histories, going_on, first_step + pos, target,
                                 test=test)
     live = going_on

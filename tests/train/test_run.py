@@ -84,3 +84,17 @@ def test_max_steps_stops_inside_an_epoch_and_evaluates_there(mesh1):
   h = loop.run_loop(_run(mesh1), max_steps=2)[0]
   assert len(h.steps["loss"]) == 2 and h.evals["step"] == [2]
   assert int(h.state.step) == 2
+
+
+def test_a_target_is_compared_in_the_metric_s_own_precision():
+  # 900 of 1000 correct is 0.9f = 0.89999998 in float32: that reaches a target of 0.9.
+  assert loop.Target("test_accuracy", 0.9).reached(float(np.float32(900) / np.float32(1000)))
+  assert not loop.Target("test_accuracy", 0.9).reached(0.899)
+  assert loop.Target("train_loss", 0.1).reached(0.1) and loop.Target("train_loss", 0.1).split == "train"
+
+
+def test_with_eval_steps_the_target_is_checked_only_there(mesh1):
+  # The steps-to-target grid: an epoch's end is no extra chance to reach the target.
+  run = _run(mesh1, num_epochs=3)  # 7 steps per epoch
+  h = loop.run_loop(run, eval_steps=[9], target=loop.Target("test_accuracy", 0.0))[0]
+  assert h.reached == 9 and h.evals["step"] == [9]
