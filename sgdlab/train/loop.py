@@ -96,8 +96,11 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
         pos += n
         if run.block_each_call:
           jax.block_until_ready(state.step)
-      if stop < steps_per_epoch:  # an evaluation inside the epoch
-        live = _evaluate_at(run, state, histories, live, first_step + stop, target)
+      # Evaluations inside the epoch: at the evaluation steps, and where max_steps stops a
+      # run that has none (trial mode); a stop at max_steps is no extra chance at the target.
+      at = first_step + stop
+      if stop < steps_per_epoch and (at in eval_set or not evals):
+        live = _evaluate_at(run, state, histories, live, at, target if at in eval_set else None)
         if not live:
           break
     step_metrics = _concat(jax.device_get(parts), population=program.population)

@@ -98,3 +98,10 @@ def test_with_eval_steps_the_target_is_checked_only_there(mesh1):
   run = _run(mesh1, num_epochs=3)  # 7 steps per epoch
   h = loop.run_loop(run, eval_steps=[9], target=loop.Target("test_accuracy", 0.0))[0]
   assert h.reached == 9 and h.evals["step"] == [9]
+
+
+def test_stopping_at_max_steps_is_no_extra_evaluation_of_the_target(mesh1):
+  run = _run(mesh1, num_epochs=3)  # 7 steps per epoch
+  target = loop.Target("test_accuracy", 0.0)  # any evaluation reaches it
+  h = loop.run_loop(run, eval_steps=[12], target=target, max_steps=10)[0]
+  assert h.reached is None and h.evals == {} and len(h.steps["loss"]) == 10
