@@ -21,7 +21,7 @@ over 400 batches at the checkpoint's parameters.
 
 Writes to the workdir: results.json (every run), table.md, steps_to_target.png,
 noise_scale.png. Deterministic: a rerun gives the same table. Measured on 2 CPU cores
-(shared with other jobs): 4.6 to 7.4 minutes wall, 190 to 231 s CPU. Larger settings:
+(shared with other jobs): 8 to 9 minutes wall, about 500 s CPU. Larger settings:
   --config.data.dir=/path/to/idx  full MNIST (60k): raise steps_to_target.max_examples
   --config.steps_to_target.target=0.95, or .metric=train_loss --config.steps_to_target.target=0.1
   --config.steps_to_target.batch_sizes="(8, 64, 512)"  a subset of k only
