@@ -47,13 +47,15 @@ class Target:
     return bool(value >= target if self.metric.endswith("accuracy") else value <= target)
 
 
-def chunks(n: int, size: int) -> list[int]:
-  """Call lengths covering n steps: whole calls of `size`, then powers of two, so any
-  evaluation schedule needs few compiled lengths."""
+def chunks(n: int, size: int, *, binary: bool = True) -> list[int]:
+  """Call lengths covering n steps: whole calls of `size`, then the rest as powers of two
+  (binary: any evaluation schedule needs few compiled lengths) or as one call (a run cut
+  by max_steps alone, e.g. a memory trial, runs one program as compile mode assumes)."""
   out = [size] * (n // size)
   rest = n % size
-  out += [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
-  return out
+  if not binary:
+    return out + ([rest] if rest else [])
+  return out + [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
 
 
 def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequence[int] = (),
@@ -90,7 +92,7 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
     started = list(live)
     feed, pos, parts = run.plan(epoch), 0, []
     for stop in stops:
-      for n in chunks(stop - pos, per_call):
+      for n in chunks(stop - pos, per_call, binary=bool(evals)):
         state, metrics = run.advance(state, run_lib.slice_feed(feed, pos, n))
         parts.append(metrics)
         pos += n

@@ -105,3 +105,8 @@ def test_stopping_at_max_steps_is_no_extra_evaluation_of_the_target(mesh1):
   target = loop.Target("test_accuracy", 0.0)  # any evaluation reaches it
   h = loop.run_loop(run, eval_steps=[12], target=target, max_steps=10)[0]
   assert h.reached is None and h.evals == {} and len(h.steps["loss"]) == 10
+
+
+def test_a_run_cut_by_max_steps_alone_is_one_call():
+  # A memory trial's few steps run as one program, as compile mode assumes.
+  assert loop.chunks(3, 8, binary=False) == [3] and loop.chunks(19, 8, binary=False) == [8, 8, 3]
