@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from sgdlab.data import idx, sources
+from sgdlab.data import sources
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
 

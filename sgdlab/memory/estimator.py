@@ -35,7 +35,7 @@ from sgdlab.memory.cpu_runtime import (CPU_RESERVE_BYTES, CPU_RESERVE_FRACTION,
                                        IM2COL_MAX_CHANNELS, conv_workspace_bytes)
 from sgdlab.memory.units import format_bytes
 from sgdlab.train import step
-from sgdlab.train.run import Program, build_program
+from sgdlab.train.run import Program, build_program, replicated_structs
 
 # Faster compiles with identical buffer assignment: only LLVM's work is reduced
 # (tests/memory checks the numbers are equal).
@@ -171,7 +171,7 @@ class Estimator:
     self.compiles = 0
     self._programs: dict[int, Program] = {}
     program = self.program(max(self.unit, 1))
-    self.abstract_state = self._replicated(program.abstract_state())
+    self.abstract_state = replicated_structs(program.abstract_state(), mesh)
     self.state_bytes = _nbytes(self.abstract_state)
     self.param_bytes = _nbytes(self.abstract_state.params)
     example = math.prod(self.spec.input_shape) * 4 + 4  # float32 pixels, int32 label
@@ -187,10 +187,6 @@ class Estimator:
     if k not in self._programs:
       self._programs[k] = build_program(self.resolved.with_batch_size(k), self.mesh)
     return self._programs[k]
-
-  def _replicated(self, tree: Any) -> Any:
-    rep = NamedSharding(self.mesh, P())
-    return jax.tree.map(lambda a: _struct(a.shape, a.dtype, rep), tree)
 
   def train_step(self, k: int) -> Compiled:
     """The train step compiled at k (cached)."""

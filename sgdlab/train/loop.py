@@ -109,7 +109,7 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
     diverged_at = _per_member(state.diverged_at, len(members))
     going_on = []
     for m in started:
-      mine = run_lib.member(step_metrics, m) if program.population else step_metrics
+      mine = program.member(step_metrics, m)
       if diverged_at[m] >= 0:
         record_divergence(histories[m], mine, epoch=epoch, steps_before=int(steps_before[m]),
                           diverged_at=int(diverged_at[m]), ema=emas[m])
@@ -125,8 +125,8 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
       wall = time.perf_counter() - start
       for m in going_on:
         record_epoch(histories[m], members[m].config, epoch,
-                     run_lib.member(step_metrics, m) if program.population else step_metrics,
-                     run_lib.member(test, m) if program.population else test,
+                     program.member(step_metrics, m),
+                     program.member(test, m),
                      wall=wall, n_train=members[m].spec.n_train, ema=emas[m])
       if program.population:
         logging.info("population of %d | epoch %d/%d | %d going on | %.2fs %.0f member-ex/s",
@@ -144,7 +144,7 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
   if saver is not None:
     saver.close()
   for m, (history, resolved) in enumerate(zip(histories, members)):
-    finish(history, resolved.config, run_lib.member(state, m) if program.population else state)
+    finish(history, resolved.config, program.member(state, m))
   return histories
 
 
@@ -160,7 +160,6 @@ def _concat(parts: list[dict[str, np.ndarray]], *, population: bool) -> dict[str
 def _evaluate_at(run: Run, state: Any, histories: list[History], live: list[int], at_step: int,
                  target: Target | None, test: dict | None = None) -> list[int]:
   """Record an evaluation after at_step steps (`History.evals`); the members going on."""
-  population = run.program.population
   diverged_at = _per_member(state.diverged_at, len(histories))
   splits = {"test"} | ({target.split} if target else set())
   results = {s: jax.device_get(run.evaluate(state.params, s)) if s != "test" or test is None
@@ -172,7 +171,7 @@ def _evaluate_at(run: Run, state: Any, histories: list[History], live: list[int]
       continue
     row = dict(step=at_step)
     for split, result in results.items():
-      mine = run_lib.member(result, m) if population else result
+      mine = run.program.member(result, m)
       row[f"{split}_loss"], row[f"{split}_accuracy"] = float(mine["loss"]), float(mine["accuracy"])
     for key, value in row.items():
       histories[m].evals.setdefault(key, []).append(value)

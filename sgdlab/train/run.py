@@ -66,6 +66,10 @@ class Program:
     """Steps each advance call runs: config.steps_per_call, or the whole epoch."""
     return min(self.first.config.steps_per_call or self.steps_per_epoch, self.steps_per_epoch)
 
+  def member(self, tree: Any, i: int) -> Any:
+    """Member i's part of a tree the programs return (the tree itself when P = 1)."""
+    return member(tree, i) if self.population else tree
+
   def init_state(self) -> step.TrainState:
     """Member i's initial state from its seed alone; stacked when P > 1."""
     states = [step.init_state(self.model, self.tx, tuple(m.spec.input_shape),
