@@ -13,6 +13,7 @@ import flax.linen as nn
 import ml_collections
 
 from sgdlab.errors import ConfigError
+from sgdlab.models import conv
 from sgdlab.models.cnn import CNN
 from sgdlab.models.mlp import MLP
 
@@ -25,7 +26,8 @@ def _mlp(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
 
 def _cnn(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   return CNN(features=tuple(cfg.features), dense=cfg.dense, num_classes=num_classes,
-             dropout=cfg.conv_dropout, dense_dropout=cfg.dense_dropout)
+             dropout=cfg.conv_dropout, dense_dropout=cfg.dense_dropout,
+             conv_impl=cfg.conv_impl)
 
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
@@ -44,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
       dropout=0.0,  # mlp: after each hidden layer
       conv_dropout=0.25,  # cnn: after the pool
       dense_dropout=0.5,  # cnn: after the dense layer
+      conv_impl="auto",  # kernel gradient: "im2col" matmul on CPU, "xla" elsewhere
   ))
 
 
@@ -57,6 +60,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for field in ("hidden", "features"):
     if any(int(w) < 1 for w in cfg[field]):
       raise ConfigError(f"model.{field}", tuple(cfg[field]), "positive widths")
+  if cfg.conv_impl not in conv.IMPLS:
+    raise ConfigError("model.conv_impl", cfg.conv_impl, f"one of {list(conv.IMPLS)}")
   if cfg.dense < 1:
     raise ConfigError("model.dense", cfg.dense, "a positive width")
 
