@@ -19,6 +19,7 @@ same step stayed within the model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -30,7 +31,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sgdlab.config import Resolved
+from sgdlab.config import Resolved, resolve
 from sgdlab.memory.cpu_runtime import (CPU_RESERVE_BYTES, CPU_RESERVE_FRACTION,
                                        IM2COL_MAX_CHANNELS, conv_workspace_bytes)
 from sgdlab.memory.units import format_bytes
@@ -159,12 +160,17 @@ class Estimator:
   """
 
   def __init__(self, resolved: Resolved, mesh: Mesh, *, target: str | None = None):
+    self.target = target or ("cpu" if mesh.devices.flat[0].platform == "cpu" else "accelerator")
+    self.cpu = self.target == "cpu"
+    if not self.cpu and resolved.config.model.conv_impl == "auto":
+      # What "auto" compiles to on an accelerator: XLA's own convolution gradient.
+      config = copy.deepcopy(resolved.config)
+      config.model.conv_impl = "xla"
+      resolved = resolve(config, n_devices=resolved.n_devices, spec=resolved.spec)
     self.resolved = resolved
     self.config = resolved.config
     self.mesh = mesh
     self.spec = resolved.spec
-    self.target = target or ("cpu" if mesh.devices.flat[0].platform == "cpu" else "accelerator")
-    self.cpu = self.target == "cpu"
     self.unit = resolved.batch_unit
     self.cap = self.spec.n_train // self.unit * self.unit
     self.probes: dict[int, Compiled] = {}
