@@ -44,6 +44,7 @@ class Program:
   lr_fn: step.LrFn
   train_step: Callable  # step.make_train_step(...): shard_map'd, not jitted
   eval_step: Callable
+  checked_step: Callable  # the same step checking every gradient element (see advance)
 
   @property
   def first(self) -> Resolved:
@@ -102,11 +103,19 @@ class Program:
 
     return jax.jit(plan)
 
-  def advance_fn(self) -> Callable[..., tuple[step.TrainState, step.Metrics]]:
-    """Jitted `advance(state, x, y, feed) -> (state, per-step metrics)`: the train step
-    scanned over the feed's steps, batches gathered on device. Donates the state."""
+  def advance_fn(self, checked: bool = False) -> Callable[..., Any]:
+    """Jitted `advance(state, x, y, feed) -> (state, per-step metrics, finite)`: the
+    train step scanned over the feed's steps, batches gathered on device.
+
+    `finite` says every floating-point element of the new state (all members) is
+    finite. The fast step (checked=False) checks only the loss per step; if finite is
+    False, `Run.advance` reruns the call from the same state with the `checked` step,
+    which freezes a run at the exact step a gradient went non-finite. So the input
+    state is not donated: one more copy of the state, for exact divergence semantics
+    without a per-step read of every gradient.
+    """
     batch_sharding = NamedSharding(self.mesh, P(step.DATA))
-    train_step = self.train_step
+    train_step = self.checked_step if checked else self.train_step
 
     def advance(state, x, y, feed):
       def body(state, feed_step):
@@ -118,7 +127,12 @@ class Program:
 
     if self.population:
       advance = jax.vmap(advance, in_axes=(0, None, None, dict(idx=0, mask=None)))
-    return jax.jit(advance, donate_argnums=0)
+
+    def advance_and_check(state, x, y, feed):
+      state, metrics = advance(state, x, y, feed)
+      return state, metrics, step.all_finite((state.params, state.opt_state))
+
+    return jax.jit(advance_and_check)
 
   def evaluate_fn(self) -> Callable[[Any, jax.Array, jax.Array], step.Metrics]:
     """Jitted `evaluate(params, x, y) -> {loss, accuracy}` over a whole split, one scan."""
@@ -164,8 +178,11 @@ def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = No
   tx = optim.direction(c.optimizer)
   return Program(members=members, mesh=mesh, model=model, tx=tx, lr_fn=lr_fn,
                  train_step=step.make_train_step(model, tx, lr_fn, mesh,
-                                                 noise_scale=c.noise_scale),
-                 eval_step=step.make_eval_step(model, mesh))
+                                                 noise_scale=c.noise_scale,
+                                                 check_gradients=False),
+                 eval_step=step.make_eval_step(model, mesh),
+                 checked_step=step.make_train_step(model, tx, lr_fn, mesh,
+                                                   noise_scale=c.noise_scale))
 
 
 @dataclasses.dataclass
@@ -197,18 +214,26 @@ class Run:
   def plan(self, epoch: int) -> pipeline.Feed:
     return self._jitted["plan"](self.data_keys, jnp.int32(epoch))
 
-  def compile(self, state: step.TrainState, feed: pipeline.Feed) -> Any:
-    """The advance program for this many steps (compiled once per length)."""
-    n = int(feed["mask"].shape[0])
-    if n not in self._advance:
-      self._advance[n] = self._jitted["advance"].lower(
+  def compile(self, state: step.TrainState, feed: pipeline.Feed, checked: bool = False) -> Any:
+    """The advance program for this many steps (compiled once per length); the checked
+    one only when a call needs it."""
+    key = (int(feed["mask"].shape[0]), checked)
+    if key not in self._advance:
+      if checked and "checked" not in self._jitted:
+        self._jitted["checked"] = self.program.advance_fn(checked=True)
+      self._advance[key] = self._jitted["checked" if checked else "advance"].lower(
           state, self.arrays["x_train"], self.arrays["y_train"], feed).compile()
-    return self._advance[n]
+    return self._advance[key]
 
   def advance(self, state: step.TrainState, feed: pipeline.Feed
               ) -> tuple[step.TrainState, step.Metrics]:
-    """Train on the feed's steps; the state passed in is donated."""
-    return self.compile(state, feed)(state, self.arrays["x_train"], self.arrays["y_train"], feed)
+    """Train on the feed's steps. A call whose new state is not finite is run again
+    from `state` with every gradient checked, so it stops at the exact step."""
+    args = (self.arrays["x_train"], self.arrays["y_train"], feed)
+    new_state, metrics, finite = self.compile(state, feed)(state, *args)
+    if not bool(finite):
+      new_state, metrics, _ = self.compile(state, feed, checked=True)(state, *args)
+    return new_state, metrics
 
   def evaluate(self, params: Any, split: str = "test") -> step.Metrics:
     """Loss and accuracy of params over a whole split ("test" or "train")."""

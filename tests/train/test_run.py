@@ -1,13 +1,15 @@
 """The Run: batch plans, the advance program, calls of any length, populations."""
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from conftest import tiny_config
 from sgdlab import config as config_lib
-from sgdlab import data
+from sgdlab import data, models
 from sgdlab.data import pipeline
 from sgdlab.train import loop, run as run_lib
 
@@ -110,3 +112,49 @@ def test_stopping_at_max_steps_is_no_extra_evaluation_of_the_target(mesh1):
 def test_a_run_cut_by_max_steps_alone_is_one_call():
   # A memory trial's few steps run as one program, as compile mode assumes.
   assert loop.chunks(3, 8, binary=False) == [3] and loop.chunks(19, 8, binary=False) == [8, 8, 3]
+
+
+class _InfiniteAtTrigger(nn.Module):
+  """Finite loss everywhere; an infinite gradient (d sqrt(s) / ds at s = 0) only from
+  an example whose first pixel is the trigger value."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    s = self.param("s", nn.initializers.zeros, ())  # other batches leave it at 0
+    trigger = x[:, :1] > 100.0
+    term = jnp.where(trigger, jnp.sqrt(jnp.where(trigger, s, 1.0)), 0.0)
+    return nn.Dense(self.num_classes)(x) + term
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_gradient_going_non_finite_mid_call_stops_the_run_at_that_step(
+    mesh1, monkeypatch, members):
+  """The fast step checks only the loss; the call is rerun with every gradient checked,
+  so the run stops at the exact step, with the parameters from before it."""
+  monkeypatch.setitem(models.MODELS, "mlp", lambda cfg, n: _InfiniteAtTrigger(n))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(96, 4, 4, 1)).astype(np.float32)
+  y = rng.integers(0, 10, 96).astype(np.int32)
+  x[37, 0, 0, 0] = 200.0  # the trigger
+  ds = data.Dataset("trigger", x[:64], y[:64], x[64:], y[64:], 10)
+  resolved = [config_lib.resolve(tiny_config(batch_size=8, seed=s, learning_rate=0.1),
+                                 n_devices=1, spec=ds.spec()) for s in range(members)]
+  run = run_lib.create_run(resolved if members > 1 else resolved[0], ds, mesh1)
+  feed = run.plan(0)
+  state, metrics = run.advance(run.init_state(), feed)
+  assert any(checked for _, checked in run._advance)  # the rerun happened
+  idx = np.asarray(feed["idx"]).reshape(members, -1, 8)
+  for m in range(members):
+    bad = int(np.nonzero((idx[m] == 37).any(axis=1))[0][0])
+    member = run.program.member(state, m)
+    assert int(member.diverged_at) == bad and int(member.step) == bad
+    assert np.all(np.isfinite(np.asarray(run.program.member(metrics, m)["loss"])))
+    # The parameters are those after the steps before it, run on their own.
+    before = run_lib.slice_feed(jax.tree.map(lambda a: a, feed), 0, bad)
+    ref, _ = run.advance(run.init_state(), before)
+    for a, b in zip(jax.tree.leaves(member.params),
+                    jax.tree.leaves(run.program.member(ref, m).params)):
+      np.testing.assert_array_equal(a, b)
