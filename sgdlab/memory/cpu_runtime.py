@@ -45,7 +45,8 @@ def conv_workspace_bytes(hlo_text: str) -> int:
     input padded;
   * at most IM2COL_MAX_CHANNELS input channels: the im2col buffer, batch x output
     pixels rows by window x input channels;
-  * wider: the input, padded to the window's reach, copied once.
+  * wider: the larger of that and the input padded to the window's reach (which one
+    the runtime builds differs between CPUs).
   Measured against the process's growth; an upper bound where the runtime takes a
   cheaper path (e.g. 8 -> 4 and 3 -> 64 channels build neither).
   """
@@ -73,15 +74,18 @@ def conv_workspace_bytes(hlo_text: str) -> int:
           (lhs[lhs_labels.index(c)] + p) / lhs[lhs_labels.index(c)] for c, p in zip(spatial, pads))
       need = int(padded * _HLO_ITEMSIZE.get(shapes[names[0]][0], 4) +
                  math.prod(rhs) * _HLO_ITEMSIZE.get(shapes[names[1]][0], 4))
-    elif rhs[rhs_labels.index("i")] <= IM2COL_MAX_CHANNELS:
-      rows = math.prod(out_dims) // max(out_dims[out_labels.index("f")], 1)
-      need = rows * math.prod(size) * rhs[rhs_labels.index("i")] * itemsize
     else:
-      stride = _window(m.group(4), "stride", len(spatial), 1)
-      reach = [(out_dims[out_labels.index(c)] - 1) * st + sz
-               for c, st, sz in zip(spatial, stride, size)]
-      need = (lhs[lhs_labels.index("b")] * math.prod(reach) * lhs[lhs_labels.index("f")] *
-              itemsize)
+      rows = math.prod(out_dims) // max(out_dims[out_labels.index("f")], 1)
+      need = rows * math.prod(size) * rhs[rhs_labels.index("i")] * itemsize  # im2col
+      if rhs[rhs_labels.index("i")] > IM2COL_MAX_CHANNELS:
+        # Which buffer a wide convolution takes depends on the CPU: a padded input
+        # copy on the AMD EPYC, the im2col buffer on the AVX-512 Xeon (32 -> 64 at
+        # k=1024: ~650 MiB, 64 -> 32 at 28x28: 1.6 GiB). Count the larger.
+        stride = _window(m.group(4), "stride", len(spatial), 1)
+        reach = [(out_dims[out_labels.index(c)] - 1) * st + sz
+                 for c, st, sz in zip(spatial, stride, size)]
+        need = max(need, lhs[lhs_labels.index("b")] * math.prod(reach) *
+                   lhs[lhs_labels.index("f")] * itemsize)
     largest = max(largest, need)
   return largest
 

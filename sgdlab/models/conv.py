@@ -1,15 +1,17 @@
-"""A 2-D convolution whose kernel gradient is an im2col matmul where that is faster.
+"""A 2-D convolution whose gradients take the forms XLA:CPU runs fast.
 
 XLA:CPU computes a convolution's kernel gradient through a generic path: measured
-24 GFLOP/s for 128 x 26x26x32 -> 64 channels, 3x3, against 290 GFLOP/s for a square
-matmul, and about 25x slower again inside a `lax.scan` body (2.7 s per call), which is
-where sgdlab's epoch runs it. The kernel gradient is a sum over examples of
+22-24 GFLOP/s for 128 x 26x26x32 -> 64 channels, 3x3, against 287 GFLOP/s for a
+square matmul, and 60x slower again inside a `lax.scan` body (7.4 s per call), which
+is where sgdlab's epoch runs it. The kernel gradient is a sum over examples of
 patches^T @ output-gradient, so it is written here as that matmul, over chunks of the
 batch small enough (`_CHUNK_BYTES`) that each chunk's patch matrix stays in cache:
-90-97 GFLOP/s, the same inside a scan as outside. The forward pass and the input
-gradient stay XLA's convolutions (52 and 186 GFLOP/s there), the latter written as a
-forward convolution, the form XLA:CPU keeps fast inside a scan. `impl="auto"` takes the matmul form on CPU only; accelerators keep XLA's
-(cuDNN's) gradient. Figures: experiments/benchmark_conv.py.
+70-97 GFLOP/s, the same inside a scan as outside. The input gradient is written as a
+forward convolution of the dilated output gradient: XLA's own transpose form runs 4x
+slower inside a scan, this one not; it goes over batch chunks where the runtime's
+im2col buffer for it would be large. The forward pass is XLA's. `impl="auto"` takes
+these forms on CPU only; accelerators keep XLA's (cuDNN's) gradients. Figures:
+experiments/benchmark_conv.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ IMPLS = ("auto", "xla", "im2col")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # A chunk's patch matrix; 2-8 MiB measured equally fast (cb=4..16 images of 648 KiB).
 _CHUNK_BYTES = 6 << 20
+# The im2col buffer XLA:CPU may build per input-gradient convolution (see
+# chunked_input_grad); 128 MiB keeps k <= 64-128 of the Keras CNN in one piece.
+_DX_CHUNK_BYTES = 128 << 20
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -127,9 +132,27 @@ def input_grad(dy: jax.Array, kernel: jax.Array, in_hw: Sequence[int],
   return _xla_conv(dyp, flipped, (1, 1), ((0, 0), (0, 0)))
 
 
+def chunked_input_grad(dy: jax.Array, kernel: jax.Array, in_hw: Sequence[int],
+                       strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
+                       ) -> jax.Array:
+  """`input_grad` over batch chunks when the whole batch's convolution would make
+  XLA:CPU build a large im2col buffer (measured: 1.6 GiB for the Keras CNN's conv1 at
+  k=1024): at most `_DX_CHUNK_BYTES` of it per chunk, at 1.0-1.4x the time."""
+  b = dy.shape[0]
+  per_example = (in_hw[0] * in_hw[1] * kernel.shape[0] * kernel.shape[1] * kernel.shape[3]
+                 * dy.dtype.itemsize)
+  chunk = _chunk_size(b, _DX_CHUNK_BYTES // max(per_example, 1))
+  if chunk >= b:
+    return input_grad(dy, kernel, in_hw, strides, padding)
+  n = -(-b // chunk)
+  dys = jnp.pad(dy, ((0, n * chunk - b),) + ((0, 0),) * 3).reshape(n, chunk, *dy.shape[1:])
+  dx = lax.map(lambda d: input_grad(d, kernel, in_hw, strides, padding), dys)
+  return dx.reshape(n * chunk, *dx.shape[2:])[:b]
+
+
 def _im2col_bwd(strides, padding, res, dy):
   x, kernel = res
-  dx = input_grad(dy, kernel, x.shape[1:3], strides, padding)
+  dx = chunked_input_grad(dy, kernel, x.shape[1:3], strides, padding)
   dk = im2col_kernel_grad(x, dy, kernel.shape[:2], strides, padding)
   return dx, dk.astype(kernel.dtype)
 

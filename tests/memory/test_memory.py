@@ -79,12 +79,14 @@ def test_conv_workspace_is_the_largest_runtime_buffer():
   grads = jax.jit(jax.grad(lambda w, x: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
   assert cpu_runtime.conv_workspace_bytes(grads.lower(w, x).compile().as_text()) == \
       8 * 10 * 10 * (3 * 3 * 4) * 4
-  # Wide (32 channels): the input padded to the window's reach, not an im2col buffer.
+  # Wide (32 channels): the larger of the im2col buffer and the input padded to the
+  # window's reach (CPUs differ in which they build); here the im2col buffer.
   wide = jax.ShapeDtypeStruct((8, 10, 10, 32), jnp.float32)
   same = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
   wide_fwd = jax.jit(same).lower(wide, jax.ShapeDtypeStruct((3, 3, 32, 4), jnp.float32))
-  assert cpu_runtime.conv_workspace_bytes(wide_fwd.compile().as_text()) == 8 * 12 * 12 * 32 * 4
+  assert cpu_runtime.conv_workspace_bytes(wide_fwd.compile().as_text()) == \
+      max(8 * 10 * 10 * (3 * 3 * 32) * 4, 8 * 12 * 12 * 32 * 4)
   # A weight gradient alone: copies of the padded input and of the output gradient.
   g = jax.ShapeDtypeStruct((8, 10, 10, 4), jnp.float32)
   dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: same(x, w), w)[1](g)[0])

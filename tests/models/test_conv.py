@@ -47,6 +47,17 @@ def test_kernel_gradient_over_chunks_with_a_padded_last_chunk(batch, monkeypatch
   assert conv._chunk_size(7, 5) == 5 and conv._chunk_size(12, 5) == 4
 
 
+def test_input_gradient_over_chunks_equals_one_convolution(monkeypatch):
+  monkeypatch.setattr(conv, "_DX_CHUNK_BYTES", 7 * 7 * 9 * 3 * 4 * 3)  # 3 per chunk
+  dy = jax.random.normal(jax.random.PRNGKey(3), (7, 5, 5, 3))
+  w = jax.random.normal(jax.random.PRNGKey(4), (3, 3, 2, 3))
+  pads = ((0, 0), (0, 0))
+  got = conv.chunked_input_grad(dy, w, (7, 7), (1, 1), pads)
+  want = conv.input_grad(dy, w, (7, 7), (1, 1), pads)
+  assert got.shape == (7, 7, 7, 2)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_kernel_gradient_is_a_matmul_not_a_convolution():
   x = jnp.ones((4, 6, 6, 2))
   w = jnp.ones((3, 3, 2, 3))
