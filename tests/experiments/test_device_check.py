@@ -1,0 +1,39 @@
+"""The accelerator check's --smoke mode: every code path it takes on a GPU, on CPU."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO, subprocess_env
+
+SCRIPT = os.path.join(REPO, "experiments", "device_check.py")
+
+
+def test_smoke_prints_every_table():
+  r = subprocess.run([sys.executable, SCRIPT, "--smoke"], capture_output=True, text=True,
+                     env=subprocess_env(1), cwd=REPO, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = r.stdout
+  rows = [l for l in out.splitlines() if l.startswith(("| mlp |", "| cnn |"))]
+  assert len(rows) == 2 and all(l.rstrip().endswith("x |") for l in rows), out
+  assert "population P=2, k=8" in out and "sequential runs" in out
+  assert "compile mode: budget" in out and "real trial at k=" in out
+  assert "real boundary k=" in out and "device check done" in out
+
+
+def test_wheels_are_imported_from_the_wheel_folder(tmp_path):
+  spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with zipfile.ZipFile(tmp_path / "probe_pkg-1.0-py3-none-any.whl", "w") as z:
+    z.writestr("probe_pkg/__init__.py", "VALUE = 42\n")
+  before = list(sys.path)
+  try:
+    assert module.add_wheels(str(tmp_path)) == ["probe_pkg-1.0-py3-none-any.whl"]
+    import probe_pkg  # pylint: disable=g-import-not-at-top
+    assert probe_pkg.VALUE == 42
+  finally:
+    sys.path[:] = before
+    sys.modules.pop("probe_pkg", None)
