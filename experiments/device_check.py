@@ -120,7 +120,7 @@ def memory(args, mesh, config, budget_text: str, budget_bytes: int | None) -> No
   if not args.smoke:
     os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(args.mem_fraction)
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    budget_text = str(_child_budget(config))
+    budget_text = str(_child_budget())
   report = search.find_batch_size(config, budget_lib.device_budget(mesh, budget_text),
                                   mesh=mesh)
   p = report.largest_power_of_two
@@ -151,10 +151,10 @@ _BUDGET_CHILD = ("import jax, sys; s = jax.devices()[0].memory_stats() or {}; "
                  "print('LIMIT', s.get('bytes_limit', 0))")
 
 
-def _child_budget(config) -> int:
-  """bytes_limit in a child under the trial children's memory fraction."""
+def _child_budget() -> int:
+  """bytes_limit in a child under the trial children's memory fraction: the budget
+  compile mode plans for is the one the trial children run under."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  del config
   out = subprocess.run([sys.executable, "-c", _BUDGET_CHILD], capture_output=True,
                        text=True, env=dict(os.environ), check=True).stdout
   return int(next(l.split()[1] for l in out.splitlines() if l.startswith("LIMIT")))
