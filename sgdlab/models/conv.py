@@ -73,6 +73,13 @@ def _chunk_size(batch: int, most: int) -> int:
   return divisor if 2 * divisor >= most else most
 
 
+def _in_chunks(a: jax.Array, chunk: int) -> jax.Array:
+  """[n, chunk, ...]: the batch padded with zero examples to a multiple of chunk."""
+  n = -(-a.shape[0] // chunk)
+  a = jnp.pad(a, ((0, n * chunk - a.shape[0]),) + ((0, 0),) * (a.ndim - 1))
+  return a.reshape(n, chunk, *a.shape[1:])
+
+
 def im2col_kernel_grad(x: jax.Array, dy: jax.Array, window: tuple[int, int],
                        strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
                        ) -> jax.Array:
@@ -86,12 +93,8 @@ def im2col_kernel_grad(x: jax.Array, dy: jax.Array, window: tuple[int, int],
   out_hw = dy.shape[1:3]
   per_example = out_hw[0] * out_hw[1] * window[0] * window[1] * c * x.dtype.itemsize
   chunk = _chunk_size(b, _CHUNK_BYTES // max(per_example, 1))
-  n = -(-b // chunk)
-  if n * chunk != b:  # zero examples add nothing to the sum
-    x = jnp.pad(x, ((0, n * chunk - b),) + ((0, 0),) * 3)
-    dy = jnp.pad(dy, ((0, n * chunk - b),) + ((0, 0),) * 3)
-  xs = x.reshape(n, chunk, *x.shape[1:])
-  dys = dy.reshape(n, chunk, *dy.shape[1:])
+  xs, dys = _in_chunks(x, chunk), _in_chunks(dy, chunk)  # zero examples add nothing
+  n = xs.shape[0]
 
   def add_chunk(acc, xd):
     xc, dc = xd
@@ -144,10 +147,8 @@ def chunked_input_grad(dy: jax.Array, kernel: jax.Array, in_hw: Sequence[int],
   chunk = _chunk_size(b, _DX_CHUNK_BYTES // max(per_example, 1))
   if chunk >= b:
     return input_grad(dy, kernel, in_hw, strides, padding)
-  n = -(-b // chunk)
-  dys = jnp.pad(dy, ((0, n * chunk - b),) + ((0, 0),) * 3).reshape(n, chunk, *dy.shape[1:])
-  dx = lax.map(lambda d: input_grad(d, kernel, in_hw, strides, padding), dys)
-  return dx.reshape(n * chunk, *dx.shape[2:])[:b]
+  dx = lax.map(lambda d: input_grad(d, kernel, in_hw, strides, padding), _in_chunks(dy, chunk))
+  return dx.reshape(-1, *dx.shape[2:])[:b]
 
 
 def _im2col_bwd(strides, padding, res, dy):
