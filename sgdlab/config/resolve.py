@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 
 from sgdlab import data, models, optim
-from sgdlab.config.fields import run_name
+from sgdlab.config.fields import run_name, set_field
 from sgdlab.errors import ConfigError, check_number
 
 
@@ -74,10 +74,11 @@ class Resolved:
     return dataclasses.replace(self, config=config)
 
   def with_fields(self, **fields: Any) -> Resolved:
-    """A member of a population: the same run with other top-level numbers (lr, seed)."""
+    """The same run with other fields, dotted for nested ones: a population member
+    (learning_rate, seed), or the program another backend compiles (model.conv_impl)."""
     config = copy.deepcopy(self.config)
     for key, value in fields.items():
-      config[key] = value
+      set_field(config, key, value)
     return resolve(config, n_devices=self.n_devices, spec=self.spec)
 
 

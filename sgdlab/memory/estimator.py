@@ -19,7 +19,6 @@ same step stayed within the model.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -31,7 +30,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sgdlab.config import Resolved, resolve
+from sgdlab.config import Resolved
 from sgdlab.memory.cpu_runtime import (CPU_RESERVE_BYTES, CPU_RESERVE_FRACTION,
                                        IM2COL_MAX_CHANNELS, conv_workspace_bytes)
 from sgdlab.memory.units import format_bytes
@@ -164,9 +163,7 @@ class Estimator:
     self.cpu = self.target == "cpu"
     if not self.cpu and resolved.config.model.conv_impl == "auto":
       # What "auto" compiles to on an accelerator: XLA's own convolution gradient.
-      config = copy.deepcopy(resolved.config)
-      config.model.conv_impl = "xla"
-      resolved = resolve(config, n_devices=resolved.n_devices, spec=resolved.spec)
+      resolved = resolved.with_fields(**{"model.conv_impl": "xla"})
     self.resolved = resolved
     self.config = resolved.config
     self.mesh = mesh
