@@ -64,28 +64,19 @@ def synthetic(n_train: int, shape=(28, 28, 1), num_classes: int = 10, seed: int 
 
 
 def throughput(args, mesh, models, batch_sizes) -> None:
-  import throughput_loops as tl  # pylint: disable=g-import-not-at-top
+  """The throughput benchmark's own alternating rounds (benchmark_throughput.benchmark),
+  on synthetic data tiled to args.steps full batches at each k."""
+  import benchmark_throughput as bt  # pylint: disable=g-import-not-at-top
   print("| model | k | sgdlab ex/s | JAX scan ex/s | JAX per-step ex/s | sgdlab / best |")
   print("|---|---:|---:|---:|---:|---:|")
   for model, sizes in models.items():
-    for k in batch_sizes:
-      ds = synthetic(args.steps * k)
-      sg = tl.make_sgdlab_loop(ds, k, mesh, lr=0.01, decay=1e-3, model=model, **sizes)
-      hand = [tl.make_jax_loop(ds, k, lr=0.01, decay=1e-3, model=model, pattern=p,
-                               device=mesh.devices.flat[0], **sizes) for p in ("scan", "step")]
-      loops = [sg, *hand]
-      times = {l.name: [] for l in loops}
-      for l in loops:
-        l.run_epoch(0)
-      for r in range(args.rounds):
-        for l in loops[r % 3:] + loops[:r % 3]:
-          start = time.perf_counter()
-          l.run_epoch(1 + r)
-          times[l.name].append(time.perf_counter() - start)
-      rate = {n: ds.n_train / statistics.median(t) for n, t in times.items()}
-      best = max(rate[tl.JAX_LOOP], rate[tl.JAX_STEP])
-      print(f"| {model} | {k} | {rate[tl.SGDLAB]:,.0f} | {rate[tl.JAX_LOOP]:,.0f} | "
-            f"{rate[tl.JAX_STEP]:,.0f} | {rate[tl.SGDLAB] / best:.2f}x |", flush=True)
+    results = bt.benchmark(synthetic(args.steps * max(batch_sizes)), batch_sizes, epochs=1,
+                           repeats=args.rounds, mesh=mesh, model=model, lr=0.01,
+                           with_torch=False, cnn_steps=args.steps, **sizes)
+    for r in results:
+      rate = {n: r.examples_per_sec(n)[0] for n in r.epoch_times}
+      print(f"| {model} | {r.k} | {rate[bt.SGDLAB]:,.0f} | {rate[bt.JAX_LOOP]:,.0f} | "
+            f"{rate[bt.JAX_STEP]:,.0f} | {r.ratio(bt.SGDLAB)[0]:.2f}x |", flush=True)
 
 
 def population(args, mesh, k: int, size: int, hidden) -> None:
