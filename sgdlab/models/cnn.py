@@ -43,7 +43,6 @@ class CNN(nn.Module):
     return nn.Dense(self.num_classes, name="logits")(x)
 
 
-
 def _windows(x: jnp.ndarray) -> list[jnp.ndarray]:
   """The four positions of every 2x2 window, in row-major window order."""
   b, h, w, c = x.shape
@@ -65,7 +64,7 @@ def _pool_fwd(x):
 
 
 def _pool_bwd(x, g):
-  m = max_pool_2x2(x)
+  m = max_pool_2x2(x)  # recomputed (elementwise, cheap) rather than kept as a residual
   taken = jnp.zeros(m.shape, bool)
   parts = []
   for v in _windows(x):  # ties: the first maximum in window order takes the gradient

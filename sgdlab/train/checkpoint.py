@@ -14,9 +14,9 @@ a `kill -9` during a save leaves the previous checkpoint intact. A checkpoint th
 cannot be read anyway (a disk fault, a truncated file) is deleted with a warning and
 the one before it is tried; with none left the run starts over, and says so.
 
-Saves are synchronous: a save that has returned is on disk before training goes on. In a multi-process run every
-process takes part in save and restore (orbax coordinates them), and the checkpoint
-folder must be on a file system that every process sees.
+Saves are synchronous: a save that has returned is on disk before training goes on.
+In a multi-process run every process takes part in save and restore (orbax coordinates
+them), and the checkpoint folder must be on a file system that every process sees.
 """
 
 from __future__ import annotations
