@@ -113,17 +113,34 @@ class Layer:
   workspace_bytes: int  # CPU runtime buffer of a conv's forward pass, per example
 
 
+def _kind(module: Any) -> str:
+  """A layer's kind by what it is (a remat block such as DenseReLU is a dense layer)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from sgdlab.models.conv import Conv  # pylint: disable=g-import-not-at-top
+  for cls, kind in ((Conv, "conv"), (nn.Conv, "conv"), (nn.Dense, "dense")):
+    if isinstance(module, cls):
+      return kind
+  return type(module).__name__.lower()
+
+
 def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
   """Per layer, from one abstract forward pass; shape-changing functions between
   layers (pooling) get a row of their own, reshapes do not.
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  calls = []
+  calls, active = [], set()
 
   def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if context.method_name == "__call__" and len(context.module.path) == 1:
-      calls.append((context.module, args[0].shape, out.shape))  # the model's own layers
+    # The model's own layers, outermost call only (a block's __call__ calls its layer's).
+    module = context.module
+    if context.method_name != "__call__" or len(module.path) != 1 or module.path in active:
+      return next_fun(*args, **kwargs)
+    active.add(module.path)
+    try:
+      out = next_fun(*args, **kwargs)
+    finally:
+      active.discard(module.path)
+    calls.append((module, args[0].shape, out.shape))
     return out
 
   def forward(params, x):
@@ -135,7 +152,7 @@ def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Lay
   for module, in_shape, out_shape in calls:
     if math.prod(in_shape) != math.prod(previous):
       rows.append(Layer("(function)", "pool", tuple(in_shape[1:]), 0, 4 * math.prod(in_shape), 0))
-    kind = type(module).__name__.lower()
+    kind = _kind(module)
     workspace = 0
     if kind == "conv":  # the forward pass's buffer, as in conv_workspace_bytes
       window, c_in = math.prod(module.kernel_size), in_shape[-1]

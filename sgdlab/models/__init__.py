@@ -7,9 +7,10 @@ and a model that trains in seconds lets a sweep cover many of them. Each takes i
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from sgdlab.errors import ConfigError
@@ -20,17 +21,20 @@ from sgdlab.models.mlp import MLP
 __all__ = ["CNN", "MLP", "MODELS", "build", "default_config", "validate"]
 
 
-def _mlp(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return MLP(hidden=tuple(cfg.hidden), num_classes=num_classes, dropout=cfg.dropout)
+def _mlp(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any) -> nn.Module:
+  return MLP(hidden=tuple(cfg.hidden), num_classes=num_classes, dropout=cfg.dropout,
+             dtype=dtype, remat=cfg.remat)
 
 
-def _cnn(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+def _cnn(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any) -> nn.Module:
   return CNN(features=tuple(cfg.features), dense=cfg.dense, num_classes=num_classes,
              dropout=cfg.conv_dropout, dense_dropout=cfg.dense_dropout,
-             conv_impl=cfg.conv_impl)
+             conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat)
 
 
-MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
+# name -> builder(config.model, num_classes, compute dtype). Every model takes
+# `dtype` (compute; parameters float32, logits float32) and `model.remat`.
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, int, Any], nn.Module]] = {
     "mlp": _mlp,
     "cnn": _cnn,
 }
@@ -47,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
       conv_dropout=0.25,  # cnn: after the pool
       dense_dropout=0.5,  # cnn: after the dense layer
       conv_impl="auto",  # kernel gradient: "im2col" matmul on CPU, "xla" elsewhere
+      remat=False,  # recompute each block's activations in the backward pass
   ))
 
 
@@ -66,6 +71,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError("model.dense", cfg.dense, "a positive width")
 
 
-def build(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The model named by a validated `config.model`."""
-  return MODELS[cfg.name](cfg, num_classes)
+def build(cfg: ml_collections.ConfigDict, num_classes: int,
+          dtype: str = "float32") -> nn.Module:
+  """The model named by a validated `config.model`, computing in `dtype`."""
+  return MODELS[cfg.name](cfg, num_classes, jnp.dtype(dtype))

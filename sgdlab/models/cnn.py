@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgdlab.models.conv import Conv
+from sgdlab.models.blocks import ConvReLU, DenseReLU, apply_block
 
 
 class CNN(nn.Module):
@@ -18,7 +18,7 @@ class CNN(nn.Module):
   train step derives from (seed, step, device) so runs are reproducible. The layers
   are `nn.Conv`'s and `nn.max_pool`'s in values and parameters, written in the forms
   XLA:CPU trains fastest (models/conv.py; the pool's gradient without
-  select-and-scatter: 16-27% of a step at k=32..256).
+  select-and-scatter: 16-27% of a step at k=32..256). dtype and remat as in `MLP`.
   """
 
   features: Sequence[int] = (32, 64)
@@ -27,6 +27,8 @@ class CNN(nn.Module):
   dropout: float = 0.25
   dense_dropout: float = 0.5
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -34,13 +36,15 @@ class CNN(nn.Module):
       side = int(round(x.shape[1] ** 0.5))
       x = x.reshape((x.shape[0], side, side, 1))
     for i, f in enumerate(self.features):
-      x = nn.relu(Conv(f, (3, 3), padding="VALID", impl=self.conv_impl, name=f"conv{i}")(x))
+      conv = ConvReLU(f, (3, 3), padding="VALID", impl=self.conv_impl, dtype=self.dtype,
+                      name=f"conv{i}")
+      x = apply_block(conv, x, self.remat)
     x = max_pool_2x2(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.dense, name="dense")(x))
+    x = apply_block(DenseReLU(self.dense, dtype=self.dtype, name="dense"), x, self.remat)
     x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="logits")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
 
 
 def _windows(x: jnp.ndarray) -> list[jnp.ndarray]:
