@@ -22,6 +22,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10
   c.learning_rate = 1.0
   c.lr_decay = 1e-3  # Keras' SGD(decay=...): lr_t = lr / (1 + decay * t) with inverse_time
+  # Gradient accumulation: per-device micro-batch (0 = none). k / (n_devices * this)
+  # micro-steps per optimizer update; "auto": the planner picks it for a fixed k.
+  c.microbatch_size = config_dict.FieldReference(0, field_type=object)
+  # Compute dtype: float32 | bfloat16 (parameters, optimizer state, loss stay float32)
+  # | auto (the fixed-k planner chooses).
+  c.dtype = "float32"
   c.lr_scaling = "none"  # none | linear | sqrt: scale learning_rate from base_batch_size to k
   c.base_batch_size = 256
   c.drop_remainder = False  # True: skip each epoch's partial last batch (every step sees k)

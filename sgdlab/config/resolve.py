@@ -20,6 +20,9 @@ from sgdlab import data, models, optim
 from sgdlab.config.fields import run_name, set_field
 from sgdlab.errors import ConfigError, check_number
 
+# Compute dtypes; parameters, optimizer state and the loss stay float32.
+DTYPES = ("float32", "bfloat16", "auto")
+
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
@@ -38,6 +41,34 @@ class Resolved:
     if self.auto_batch_size:
       raise ValueError("batch_size='auto' is not resolved yet (sgdlab.memory.auto)")
     return int(self.config.batch_size)
+
+  @property
+  def auto_plan(self) -> bool:
+    """Whether the fixed-k planner still has to choose micro-batch or dtype."""
+    return self.config.microbatch_size == "auto" or self.config.dtype == "auto"
+
+  @property
+  def per_device_batch(self) -> int:
+    return self.batch_size // self.n_devices
+
+  @property
+  def microbatch_size(self) -> int:
+    """Examples per micro-step on each device: the whole per-device batch when
+    microbatch_size is 0 (no accumulation)."""
+    if self.config.microbatch_size == "auto":
+      raise ValueError("microbatch_size='auto' is not planned yet (sgdlab.memory.auto)")
+    return int(self.config.microbatch_size) or self.per_device_batch
+
+  @property
+  def accumulation_steps(self) -> int:
+    """Micro-steps per optimizer update."""
+    return self.per_device_batch // self.microbatch_size
+
+  @property
+  def dtype(self) -> str:
+    if self.config.dtype == "auto":
+      raise ValueError("dtype='auto' is not planned yet (sgdlab.memory.auto)")
+    return self.config.dtype
 
   @property
   def steps_per_epoch(self) -> int:
@@ -110,6 +141,18 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
                what="a fraction in [0, 1)")
   check_number("noise_ema", c.noise_ema, low=0, strict=True, high=1, high_open=True,
                what="a number in (0, 1)")
+  if c.microbatch_size != "auto":
+    check_number("microbatch_size", c.microbatch_size, low=0, integer=True,
+                 what='an integer >= 0 (0: no accumulation), or "auto"')
+  if c.dtype not in DTYPES:
+    raise ConfigError("dtype", c.dtype, f"one of {list(DTYPES)}")
+  if c.batch_size == "auto" and c.microbatch_size != 0:
+    raise ConfigError("microbatch_size", c.microbatch_size,
+                      '0 when batch_size="auto" (the largest k that fits is a question '
+                      'without accumulation; give k to plan micro-batches for it)')
+  if c.batch_size == "auto" and c.dtype == "auto":
+    raise ConfigError("dtype", c.dtype, 'float32 or bfloat16 when batch_size="auto" '
+                      '("auto" is chosen by the fixed-k planner, microbatch_size)')
   if c.lr_scaling not in optim.SCALING_RULES:
     raise ConfigError("lr_scaling", c.lr_scaling, f"one of {list(optim.SCALING_RULES)}")
   if not isinstance(c.drop_remainder, bool):
@@ -135,7 +178,15 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
     raise ConfigError("batch_size", c.batch_size,
                       f"a multiple of the device count {n_devices} "
                       f"(e.g. {max(n_devices, k // n_devices * n_devices)})")
-  if c.noise_scale and n_devices == 1 and k % 2:
+  local, micro = k // n_devices, c.microbatch_size
+  if micro != "auto" and micro and (micro > local or local % micro):
+    below = max(d for d in range(1, min(int(micro), local) + 1) if local % d == 0)
+    raise ConfigError("microbatch_size", micro,
+                      f"a divisor of the per-device batch {local} (k={k} over {n_devices} "
+                      f"device(s)), e.g. {below}; or 0 for no accumulation")
+  # Accumulating, the micro-batches are the noise scale's small batches: no split.
+  accumulating = micro not in (0, "auto") and local // int(micro) > 1
+  if c.noise_scale and n_devices == 1 and k % 2 and not accumulating:
     raise ConfigError("batch_size", c.batch_size,
                       "an even number when noise_scale=True on one device (it splits the batch)")
   if k > spec.n_train:

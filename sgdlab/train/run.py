@@ -20,6 +20,7 @@ device-resident source, indices into the placed arrays).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -174,15 +175,14 @@ def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = No
   def lr_fn(count, learning_rate, lr_decay):
     return optim.build_schedule(c.schedule, learning_rate, lr_decay, total_steps)(count)
 
-  model = models.build(c.model, first.spec.num_classes)
+  model = models.build(c.model, first.spec.num_classes, first.dtype)
   tx = optim.direction(c.optimizer)
+  make_step = functools.partial(step.make_train_step, model, tx, lr_fn, mesh,
+                                accumulation_steps=first.accumulation_steps,
+                                noise_scale=c.noise_scale)
   return Program(members=members, mesh=mesh, model=model, tx=tx, lr_fn=lr_fn,
-                 train_step=step.make_train_step(model, tx, lr_fn, mesh,
-                                                 noise_scale=c.noise_scale,
-                                                 check_gradients=False),
-                 eval_step=step.make_eval_step(model, mesh),
-                 checked_step=step.make_train_step(model, tx, lr_fn, mesh,
-                                                   noise_scale=c.noise_scale))
+                 train_step=make_step(check_gradients=False),
+                 eval_step=step.make_eval_step(model, mesh), checked_step=make_step())
 
 
 @dataclasses.dataclass

@@ -14,6 +14,11 @@ Two facts shape the code (measured on jax 0.10):
   CPU; `sgdlab.train.run` runs many steps per compiled call and the loop blocks
   after each call on multi-device CPU meshes.
 
+Gradient accumulation (`accumulation_steps` > 1) splits each device's share into that
+many micro-batches and scans over them inside the step, so only one micro-batch's
+activations are live; the sums are those of one big step, and one optimizer update
+follows. `state.step` and the schedule count optimizer updates, never micro-steps.
+
 The learning rate is computed inside the step from hyperparameters held in the state
 (`state.hparams`), so one compiled program serves any (learning_rate, lr_decay) and
 a population of them can be vmapped.
@@ -100,14 +105,33 @@ def _pmean(x: Any) -> Any:
   return x if jax.lax.axis_size(DATA) == 1 else jax.lax.pmean(x, DATA)
 
 
+def _accumulate(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, steps: int,
+                norms: bool) -> tuple[Any, jax.Array, jax.Array, jax.Array | None]:
+  """Sums of gradient, loss and correct over `steps` micro-batches, one at a time (a
+  scan), and each micro-batch's squared gradient-sum norm when `norms`."""
+  micro = jax.tree.map(lambda a: a.reshape(steps, a.shape[0] // steps, *a.shape[1:]), batch)
+
+  def body(carry, inputs):
+    i, b = inputs
+    (l_sum, c_sum), g_sum = grad_fn(params, b["x"], b["y"], b["mask"],
+                                    jax.random.fold_in(rng, i))
+    g_acc, l_acc, c_acc = carry
+    carry = (jax.tree.map(jnp.add, g_acc, g_sum), l_acc + l_sum, c_acc + c_sum)
+    return carry, (_tree_sq_norm(g_sum) if norms else None)
+
+  zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+  (g_sum, l_sum, c_sum), sq = jax.lax.scan(body, zero, (jnp.arange(steps), micro))
+  return g_sum, l_sum, c_sum, sq
+
+
 def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
-                     groups: int | None) -> tuple[Any, Metrics, Any]:
+                     groups: int | None, accumulation: int = 1) -> tuple[Any, Metrics, Any]:
   """Inside shard_map: this device's gradient sum, then the global mean gradient.
 
   Returns (mean gradient over the global batch's real examples, metrics, squared norms
   of the per-group gradient sums [groups], or None when groups is None). Masked (padding)
   examples contribute nothing, so a partial last batch is an honest mean over fewer
-  examples, as in Keras.
+  examples, as in Keras. With accumulation > 1 the groups are the micro-batches.
   """
   n_dev = jax.lax.psum(1, DATA)
   mask = batch["mask"]
@@ -121,7 +145,10 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
   group_sq = None
-  if groups is None:
+  if accumulation > 1:
+    g_sum, l_sum, c_sum, group_sq = _accumulate(grad_fn, params, batch, rng, accumulation,
+                                                norms=groups is not None)
+  elif groups is None:
     (l_sum, c_sum), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
   else:
     # A loop, not vmap: vmap makes every weight-gradient matmul a batched dot, which
@@ -161,7 +188,8 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
-                    mesh: Mesh, *, noise_scale: bool = False, check_gradients: bool = True
+                    mesh: Mesh, *, accumulation_steps: int = 1, noise_scale: bool = False,
+                    check_gradients: bool = True
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
 
@@ -169,10 +197,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   step scales it by -lr_t, with lr_t from the hyperparameters in the state. A loss or
   gradient that is not finite freezes the state and records the step in diverged_at.
 
+  accumulation_steps: micro-batches per device per update (module docstring).
+
   noise_scale=True also returns the squared gradient norms that the online noise-scale
   estimate needs (sgdlab.noise): each device's local gradient (B_small = k / n) and
   the averaged one (B_big = k). On one device the batch is split into two halves to
-  get a B_small. The update is the same; only float summation order changes (and,
+  get a B_small; when accumulating, the micro-batches are the small batches. The update is the same; only float summation order changes (and,
   with dropout, the masks drawn).
 
   check_gradients=False leaves out the per-step check of every gradient element (one
@@ -182,14 +212,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   only when a run breaks).
   """
   n_dev = mesh.size
-  groups = (2 if n_dev == 1 else 1) if noise_scale else 1
+  groups = 1
+  if noise_scale:
+    groups = accumulation_steps if accumulation_steps > 1 else (2 if n_dev == 1 else 1)
 
   def local_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     dev = jax.lax.axis_index(DATA)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), dev)
     # With noise_scale, per-group sums even with one group: the local gradient is needed.
     grads, metrics, group_sq = _local_gradients(model, state.params, batch, rng,
-                                                groups if noise_scale else None)
+                                                groups if noise_scale else None,
+                                                accumulation_steps)
 
     lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
     direction, opt_state = tx.update(grads, state.opt_state, state.params)
