@@ -1,13 +1,16 @@
-r"""The largest batch size that fits: compile the train step per k (or run trials).
+r"""Which batch size fits: the largest k (compiling the step per k, or trials), or, for
+a fixed k, the plan (micro-batch, remat, dtype) that runs it fastest within the budget.
 
   python -m sgdlab.fit --config=experiments/fit_batch_size.py --memory_budget=8GiB
   python -m sgdlab.fit --config=experiments/fit_batch_size.py --memory_budget=8GiB \
       --image_sizes=28,112
   python -m sgdlab.fit --config=experiments/fit_batch_size.py --memory_budget=3GiB \
       --method=trial
+  python -m sgdlab.fit --config=experiments/fit_batch_size.py --memory_budget=1GiB \
+      --config.batch_size=8192 --config.microbatch_size=auto
 
 Prints a table and writes fit.json and fit.png (per-device bytes vs k for each image
-size, with the budget) into --workdir. Without --memory_budget the budget is this
+size, with the budget; for a fixed k, bytes of each plan by micro-batch) into --workdir. Without --memory_budget the budget is this
 device's free memory (sgdlab.memory.budget). Bad input prints one line and exits with
 code 2, writing nothing.
 """

@@ -1,4 +1,8 @@
-"""batch_size="auto": the exact largest k that fits, found before anything is written."""
+"""The "auto" fields, decided before anything is written.
+
+batch_size="auto": the exact largest k that fits. microbatch_size="auto" (or
+dtype="auto"): k stays, and the fixed-k planner picks micro-batch, remat and dtype.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from sgdlab.config import Resolved
+from sgdlab.memory import plan
 from sgdlab.memory.budget import device_budget
 from sgdlab.memory.search import find_batch_size
 
@@ -23,3 +28,17 @@ def resolve_batch_size(resolved: Resolved, mesh: Mesh) -> Resolved:
                report.chosen, report.largest_power_of_two, report.search_seconds,
                report.table())
   return resolved.with_batch_size(report.chosen)
+
+
+def resolve_plan(resolved: Resolved, mesh: Mesh) -> Resolved:
+  """`resolved` with microbatch_size / dtype "auto" replaced by the fixed-k plan with the
+  least predicted time that fits config.memory_budget (unchanged when both are given).
+  Raises ConfigError when no plan fits; logs every plan considered."""
+  if not resolved.auto_plan:
+    return resolved
+  c = resolved.config
+  budget = device_budget(mesh, c.memory_budget, c.memory_headroom)
+  report = plan.plan_microbatch(resolved, budget, mesh=mesh)
+  logging.info("microbatch_size=%s, dtype=%s: planned in %.1fs\n%s", c.microbatch_size,
+               c.dtype, report.search_seconds, report.table())
+  return plan.apply(resolved, report)

@@ -175,7 +175,10 @@ class Estimator:
   dataset are replicated on every device, as the trainer places them.
   """
 
-  def __init__(self, resolved: Resolved, mesh: Mesh, *, target: str | None = None):
+  def __init__(self, resolved: Resolved, mesh: Mesh, *, target: str | None = None,
+               eval_from: Estimator | None = None):
+    """eval_from: an estimator of the same model and dtype whose evaluation programs
+    this one reuses (micro-batching and remat do not change evaluation)."""
     self.target = target or ("cpu" if mesh.devices.flat[0].platform == "cpu" else "accelerator")
     self.cpu = self.target == "cpu"
     if not self.cpu and resolved.config.model.conv_impl == "auto":
@@ -198,14 +201,18 @@ class Estimator:
     self.data_bytes = (self.spec.n_train + self.spec.n_test) * example
     self.eval_k = (-(-min(self.config.eval_batch_size, self.spec.n_test) // mesh.size)
                    * mesh.size)
-    self._eval: Compiled | None = None
-    self._evaluate: Compiled | None = None
+    self._eval: Compiled | None = eval_from.eval_step() if eval_from else None
+    self._evaluate: Compiled | None = eval_from._evaluate if eval_from else None
     self.epochs: dict[int, Compiled] = {}  # the trainer's epoch program per k
 
   def program(self, k: int) -> Program:
-    """The trainer's Program at batch size k (what `sgdlab.train` compiles)."""
+    """The trainer's Program at batch size k (what `sgdlab.train` compiles). A planned
+    micro-batch belongs to its own k; other k (the state, evaluation) compile without."""
     if k not in self._programs:
-      self._programs[k] = build_program(self.resolved.with_batch_size(k), self.mesh)
+      resolved = self.resolved
+      if self.config.microbatch_size and k != self.config.batch_size:
+        resolved = resolved.with_fields(microbatch_size=0)
+      self._programs[k] = build_program(resolved.with_batch_size(k), self.mesh)
     return self._programs[k]
 
   def train_step(self, k: int) -> Compiled:

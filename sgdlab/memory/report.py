@@ -1,4 +1,8 @@
-"""The fit study behind `python -m sgdlab.fit`: search, then fit.json, fit.png and a table."""
+"""The fit study behind `python -m sgdlab.fit`: search, then fit.json, fit.png and a table.
+
+With a fixed k and microbatch_size (or dtype) "auto" it is the fixed-k planner's study
+instead: every plan considered, and the one chosen.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import time
 import ml_collections
 
 from sgdlab import config as config_lib
-from sgdlab.errors import ConfigError
-from sgdlab.memory import search, trials
+from sgdlab.errors import ConfigError, UsageError
+from sgdlab.memory import plan, search, trials
 from sgdlab.memory.budget import device_budget
 from sgdlab.memory.units import parse_bytes
 
@@ -65,12 +69,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, options: FitOptions) ->
   mesh = step.make_mesh()
   configs = [search.with_image_size(config, s) for s in sizes] or [config]
   resolved = [config_lib.resolve(c, n_devices=mesh.size) for c in configs]
+  planning = resolved[0].auto_plan  # k fixed: the plans for it, not the largest k
+  if planning and options.method != "compile":
+    raise UsageError("--method", options.method, "compile when microbatch_size or dtype "
+                     'is "auto" (plans are compiled, never tried)')
+  if planning and sizes:
+    raise UsageError("--image_sizes", options.image_sizes, "empty when microbatch_size or "
+                     'dtype is "auto" (one k, one input size)')
   check_writable(workdir)
   budget = device_budget(mesh, budget_text, headroom)
-  result = dict(method=options.method, config=config_lib.to_dict(config), image_sizes=sizes)
+  result = dict(method="plan" if planning else options.method,
+                config=config_lib.to_dict(config), image_sizes=sizes)
   target = options.target or None
-  reports = []
-  if options.method == "compile" and not sizes:
+  reports, planned = [], None
+  if planning:
+    planned = plan.plan_microbatch(resolved[0], budget, mesh=mesh, target=target)
+    text = planned.table()
+    result["plan"] = planned.to_dict()
+  elif options.method == "compile" and not sizes:
     reports = [search.find_batch_size(resolved[0], budget, mesh=mesh, target=target,
                                       exact=options.exact)]
     text = reports[0].table()
@@ -105,4 +121,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, options: FitOptions) ->
   store.write_json(os.path.join(workdir, "fit.json"), result)
   if reports:
     figures.bytes_vs_k_figure(reports, os.path.join(workdir, "fit.png"))
+  if planned:
+    figures.plan_figure(planned, os.path.join(workdir, "fit.png"))
   return text

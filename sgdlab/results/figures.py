@@ -90,3 +90,26 @@ def bytes_vs_k_figure(reports: Sequence, path: str | os.PathLike | None = None):
   return _save(fig, path)
 
 
+
+
+def plan_figure(report, path: str | os.PathLike | None = None):
+  """Per-device bytes of each fixed-k plan compiled, by micro-batch, one line per
+  (remat, dtype), with the budget; the chosen plan circled."""
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  families = sorted({(p.remat, p.dtype) for p in report.plans})
+  for i, (remat, dtype) in enumerate(families):
+    plans = sorted((p for p in report.plans if (p.remat, p.dtype) == (remat, dtype)),
+                   key=lambda p: p.microbatch_size)
+    ax.plot([p.microbatch_size for p in plans], [p.bytes / 2**30 for p in plans], "-o",
+            ms=3, color=f"C{i}", label=f"{dtype}, remat {'on' if remat else 'off'}")
+  c = report.chosen
+  ax.plot([c.microbatch_size], [c.bytes / 2**30], "o", ms=10, mfc="none", color="k",
+          label=f"chosen: {c.microbatch_size} x {c.accumulation_steps}")
+  ax.axhline(report.budget.bytes / 2**30, color="k", ls="--", lw=1, label="budget")
+  ax.axhline(report.budget.usable / 2**30, color="k", lw=1, label="usable")
+  ax.set(xscale="log", yscale="log", xlabel="micro-batch per device",
+         ylabel="GiB per device", title=f"k={report.k} fixed: bytes of each plan")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, frameon=False)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -20,14 +20,15 @@ from sgdlab.train import loop, run as run_lib, step
 
 def prepare(config: ml_collections.ConfigDict | Resolved, mesh: Mesh,
             dataset: data.Dataset | None = None) -> tuple[Resolved, data.Dataset]:
-  """Resolve (unless done already), find k for batch_size="auto", load the data."""
+  """Resolve (unless done already), decide the "auto" fields (k, then the fixed-k plan),
+  load the data."""
   from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   if isinstance(config, Resolved):
     resolved = config
   else:
     resolved = config_lib.resolve(config, n_devices=mesh.size,
                                   spec=None if dataset is None else dataset.spec())
-  resolved = auto.resolve_batch_size(resolved, mesh)
+  resolved = auto.resolve_plan(auto.resolve_batch_size(resolved, mesh), mesh)
   dataset = data.load(resolved.config.data) if dataset is None else dataset
   return resolved, dataset
 
@@ -68,9 +69,10 @@ def train_population(configs: Sequence[ml_collections.ConfigDict | Resolved], *,
   resolved = [c if isinstance(c, Resolved) else config_lib.resolve(
       c, n_devices=mesh.size, spec=None if dataset is None else dataset.spec()) for c in configs]
   config_lib.check_members([r.config for r in resolved])
-  members = []
-  for r in resolved:
-    r, dataset = prepare(r, mesh, dataset)
-    members.append(r)
+  # The "auto" fields are decided once: members differ only in numbers the step reads.
+  first, dataset = prepare(resolved[0], mesh, dataset)
+  decided = {key: first.config[key] for key in ("batch_size", "microbatch_size", "dtype")}
+  decided["model.remat"] = first.config.model.remat
+  members = [first] + [r.with_fields(**decided) for r in resolved[1:]]
   run = run_lib.create_run(members, dataset, mesh)
   return loop.run_loop(run, checkpoint_dir=checkpoint_dir)

@@ -187,6 +187,15 @@ def all_finite(tree: Any) -> jax.Array:
   return _all_finite(floats) if floats else jnp.bool_(True)
 
 
+def apply_update(tx: optax.GradientTransformation, lr_fn: LrFn, state: TrainState,
+                 grads: Any) -> tuple[Any, Any, jax.Array]:
+  """One optimizer update from the mean gradient: (params, opt_state, lr_t). Its own
+  function so the fixed-k planner can cost it apart from the micro-steps."""
+  lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
+  direction, opt_state = tx.update(grads, state.opt_state, state.params)
+  return optax.apply_updates(state.params, optim.apply_lr(direction, lr)), opt_state, lr
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
                     mesh: Mesh, *, accumulation_steps: int = 1, noise_scale: bool = False,
                     check_gradients: bool = True
@@ -224,9 +233,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
                                                 groups if noise_scale else None,
                                                 accumulation_steps)
 
-    lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
-    direction, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, optim.apply_lr(direction, lr))
+    params, opt_state, lr = apply_update(tx, lr_fn, state, grads)
 
     ok = jnp.isfinite(metrics["loss"]) & (state.diverged_at < 0)
     if check_gradients:

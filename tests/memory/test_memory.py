@@ -18,6 +18,7 @@ import pytest
 
 
 from conftest import REPO, subprocess_env
+from oom import GiB, MiB, budget, oom_config, tiny, train_under_limit
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.memory import budget as budget_lib
@@ -25,30 +26,10 @@ from sgdlab.memory import cpu_runtime, estimator, search, trials, units
 from sgdlab.train import api as trainer
 from sgdlab.errors import ConfigError
 
-GiB, MiB = 1 << 30, 1 << 20
 
 
 def estimator_for(config, mesh) -> estimator.Estimator:
   return estimator.Estimator(config_lib.resolve(config, n_devices=mesh.size), mesh)
-
-
-def tiny(model: str = "cnn", side: int = 16, n_train: int = 1024) -> config_lib.ml_collections.ConfigDict:
-  c = config_lib.default_config()
-  c.model.name = model
-  c.model.hidden = (32,)
-  c.model.features = (4, 8)
-  c.model.dense = 16
-  c.data.name = "synthetic"
-  c.data.synthetic_input_shape = (side, side, 1)
-  c.data.synthetic_n_train = n_train
-  c.data.synthetic_n_test = 128
-  c.eval_batch_size = 128
-  c.num_epochs = 1
-  return c
-
-
-def budget(n: int, headroom: float = 0.1) -> budget_lib.Budget:
-  return budget_lib.Budget(n, headroom, f"{n} bytes", given=str(n))
 
 
 # ------------------------------------------------------------------ pure parts
@@ -291,43 +272,7 @@ def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, a
 
 
 # ------------------------------------------------------------ real out-of-memory
-#
-# A budget B means: B bytes of address space beyond what the process maps after
-# importing jax, loading the data and starting the runtime's threads. Trial children
-# set RLIMIT_AS to exactly that (sgdlab.trials.run_trial); the trainer child below
-# sets it and lets batch_size="auto" measure the budget itself.
-
-_TRAIN_UNDER_LIMIT = r"""
-import json, resource, sys
-import jax
-from sgdlab import config as config_lib, data
-from sgdlab.memory import budget
-from sgdlab.train import api, step
-payload = json.loads(sys.argv[1])
-config = config_lib.from_dict(payload["config"])
-dataset = data.load(config.data)
-mesh = step.make_mesh(jax.devices()[:1])
-budget.warm_up(mesh)
-limit = budget.address_space_bytes() + payload["budget_bytes"]
-resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-config.batch_size, config.memory_budget = "auto", ""
-history = api.train(config, dataset=dataset, mesh=mesh)
-print("RESULT " + json.dumps(dict(k=history.config["batch_size"],
-                                  acc=history.epochs["test_accuracy"][-1])), flush=True)
-"""
-
-
-def train_auto_under_limit(config, budget_bytes: int) -> dict:
-  """The real trainer with batch_size="auto" in a child under an address-space limit."""
-  r = subprocess.run([sys.executable, "-c", _TRAIN_UNDER_LIMIT,
-                      json.dumps(dict(config=config_lib.to_dict(config),
-                                      budget_bytes=budget_bytes))],
-                     capture_output=True, text=True, env=subprocess_env(1), cwd=REPO,
-                     timeout=900)
-  lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-  assert r.returncode == 0 and lines, (r.returncode, r.stderr[-3000:])
-  return json.loads(lines[0][len("RESULT "):])
-
+# (budgets and the children under a limit: tests/oom.py)
 
 def agreement_budgets(est: estimator.Estimator, powers, headroom=0.1):
   """For each power p, a budget where compile mode must answer p and trial mode can.
@@ -348,20 +293,6 @@ def agreement_budgets(est: estimator.Estimator, powers, headroom=0.1):
     assert low < high, f"no budget separates k={p} from k={2 * p} for this model"
     budgets.append(int((low + high) / 2))
   return budgets
-
-
-def oom_config(model: str) -> config_lib.ml_collections.ConfigDict:
-  """Bytes that grow fast with k at little compute: a wide hidden layer on 4x4 inputs,
-  or a CNN whose convolutions all take the CPU runtime's im2col path (4 -> 4 channels;
-  the runtime skips it for some shapes, e.g. 8 -> 4, where compile mode is cautious).
-  """
-  if model == "mlp":
-    config = tiny("mlp", side=4, n_train=16384)
-    config.model.hidden = (16384,)
-    return config
-  config = tiny("cnn", side=32, n_train=16384)
-  config.model.features = (4, 4)
-  return config
 
 
 # With the kernel gradient as a matmul (models/conv.py) a CNN's bytes at k <= 1024 are
@@ -432,8 +363,8 @@ def test_auto_batch_size_trains_under_the_limit_it_measured(mesh1):
   # The child measures its own budget (RLIMIT_AS minus what it maps), searches, trains.
   config = oom_config("cnn")
   b = agreement_budgets(estimator_for(config, mesh1), [2048])[0]
-  result = train_auto_under_limit(config, b)
-  assert 2048 <= result["k"] < 4096 and result["acc"] > 0
+  result = train_under_limit(config, b, batch_size="auto")
+  assert 2048 <= result["config"]["batch_size"] < 4096 and result["acc"] > 0
 
 
 @pytest.mark.slow
@@ -451,7 +382,7 @@ def test_compile_mode_matches_the_whole_trial_procedure(model, mesh1):
     assert report.largest_power_of_two == manual.largest_power_of_two == p, manual.table()
     assert [t.k for t in manual.trials] == [512 << j for j in range(len(manual.trials))]
     assert trials.run_trial(config, report.largest_k, budget_bytes=b, timeout=1800).ok
-    assert p <= train_auto_under_limit(config, b)["k"] < 2 * p
+    assert p <= train_under_limit(config, b, batch_size="auto")["config"]["batch_size"] < 2 * p
 
 
 _PROBE = ("import jax; from sgdlab.memory import budget; from sgdlab.train import step; "

@@ -1,0 +1,139 @@
+"""The fixed-k planner: k never changes, the plan chosen fits, and it really runs there.
+
+The real out-of-memory checks run the trainer in a child under an address-space limit
+(tests/oom.py) at a k whose one-step program needs more than the limit allows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import pytest
+
+from conftest import tiny_config
+from memory.test_memory import _fit
+from oom import GiB, budget, oom_config, train_under_limit
+from sgdlab import config as config_lib
+from sgdlab.errors import ConfigError
+from sgdlab.memory import estimator, plan, trials
+
+K = 8192
+
+
+def _fixed_k(model: str, **fields):
+  config = oom_config(model)
+  config.batch_size, config.microbatch_size = K, "auto"
+  for key, value in fields.items():
+    config_lib.set_field(config, key, value)
+  return config
+
+
+def _one_step_bytes(config, mesh) -> int:
+  """Per-device bytes of the trainer at k with no accumulation."""
+  plain = config_lib.resolve(config, n_devices=mesh.size).with_fields(microbatch_size=0)
+  return estimator.Estimator(plain, mesh).total(K)
+
+
+def test_the_plan_keeps_k_fits_and_is_the_cheapest_that_fits(mesh1):
+  config = _fixed_k("mlp")
+  need = _one_step_bytes(config, mesh1)
+  b = budget(need // 2)
+  report = plan.plan_microbatch(config_lib.resolve(config, n_devices=1), b, mesh=mesh1)
+  chosen = report.chosen
+  assert chosen.fits and chosen.bytes <= b.usable < need
+  assert chosen.accumulation_steps > 1 and chosen.microbatch_size * chosen.accumulation_steps == K
+  fitting = [p for p in report.plans if p.fits]
+  assert chosen.seconds == min(p.seconds for p in fitting)
+  assert all(p.seconds is None for p in report.plans if not p.fits)
+  # Remat recomputes the forward pass: never predicted cheaper at the same micro-batch.
+  for p in fitting:
+    twin = [q for q in fitting if q.remat != p.remat and q.microbatch_size == p.microbatch_size]
+    if twin and p.remat:
+      assert p.seconds > twin[0].seconds
+  applied = plan.apply(config_lib.resolve(config, n_devices=1), report)
+  assert applied.batch_size == K and applied.accumulation_steps == chosen.accumulation_steps
+  table = report.table()
+  assert table.count("\n*") == 1 and "predicted s/update" in table
+
+
+def test_given_fields_are_kept_and_only_auto_ones_searched(mesh1):
+  config = _fixed_k("mlp", microbatch_size=1024, dtype="auto")
+  report = plan.plan_microbatch(config_lib.resolve(config, n_devices=1), budget(8 * GiB),
+                                mesh=mesh1)
+  assert {(p.microbatch_size, p.remat) for p in report.plans} == {(1024, False)}
+  assert {p.dtype for p in report.plans} == {"float32", "bfloat16"}
+
+
+def test_no_plan_fits_names_the_budget(mesh1):
+  with pytest.raises(ConfigError, match="no plan for k=8192 fits") as e:
+    plan.plan_microbatch(config_lib.resolve(_fixed_k("mlp"), n_devices=1),
+                         budget(64 << 20), mesh=mesh1)
+  assert e.value.field == "memory_budget"
+
+
+def _planned_run_under_limit(model: str, fraction: float, mesh) -> None:
+  """At a budget that one step at k exceeds: the plain step runs out of memory for real,
+  and the trainer with microbatch_size="auto" plans within it and trains to the end."""
+  config = _fixed_k(model)
+  budget_bytes = int(_one_step_bytes(config, mesh) * fraction)
+  plain = config_lib.from_dict(config_lib.to_dict(config))
+  plain.microbatch_size = 0
+  one_step = trials.run_trial(plain, K, budget_bytes=budget_bytes, steps=1, timeout=600)
+  assert not one_step.ok and one_step.oom, one_step
+  result = train_under_limit(config, budget_bytes)
+  assert result["config"]["batch_size"] == K and result["epochs"] == config.num_epochs
+  micro = result["config"]["microbatch_size"]
+  assert isinstance(micro, int) and 0 < micro < K and result["acc"] > 0
+
+
+@pytest.mark.parametrize("fractions", [
+    (0.5,), pytest.param((0.5, 0.3), marks=pytest.mark.slow)])
+def test_the_planned_micro_batch_trains_where_one_step_runs_out_of_memory(fractions, mesh1):
+  """MLP and CNN at one budget each in the default suite (both budgets with -m slow)."""
+  cases = [(model, f) for f in fractions for model in ("mlp", "cnn")]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(lambda case: _planned_run_under_limit(*case, mesh1), cases))
+
+
+def test_launcher_prints_the_plans_and_marks_the_chosen_one(tmp_path):
+  out = tmp_path / "fit"
+  r = _fit(tmp_path, "--memory_budget=300MiB", "--config.batch_size=512",
+           "--config.microbatch_size=auto", f"--workdir={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "k=512 fixed" in r.stdout and r.stdout.count("\n*") == 1
+  result = json.loads((out / "fit.json").read_text())
+  assert result["method"] == "plan" and result["plan"]["k"] == 512
+  assert result["plan"]["chosen"] in result["plan"]["plans"]
+  assert (out / "fit.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config.batch_size=auto", "--config.microbatch_size=auto"],
+     "config.microbatch_size='auto' is invalid"),
+    (["--config.batch_size=512", "--config.microbatch_size=3"],
+     "config.microbatch_size=3 is invalid: a divisor of the per-device batch 512"),
+    (["--config.dtype=float16"], "config.dtype='float16' is invalid"),
+    (["--config.batch_size=512", "--config.microbatch_size=auto", "--method=trial"],
+     "--method=trial is invalid"),
+])
+def test_launcher_bad_plan_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args,
+                                                                          expected):
+  out = tmp_path / "fit"
+  r = _fit(tmp_path, *args, f"--workdir={out}")
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], r.stderr[-2000:]
+  assert not out.exists()
+
+
+def test_population_members_share_one_plan(mesh1, monkeypatch):
+  calls = []
+  real = plan.plan_microbatch
+  monkeypatch.setattr(plan, "plan_microbatch", lambda *a, **k: calls.append(1) or real(*a, **k))
+  from sgdlab.train import api  # pylint: disable=g-import-not-at-top
+  configs = [tiny_config(microbatch_size="auto", memory_budget="2GiB", learning_rate=lr,
+                         num_epochs=1) for lr in (0.1, 0.2)]
+  histories = api.train_population(configs, mesh=mesh1)
+  assert len(calls) == 1
+  assert histories[0].config["microbatch_size"] == histories[1].config["microbatch_size"]
