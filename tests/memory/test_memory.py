@@ -261,6 +261,14 @@ def test_launcher_prints_a_table_and_writes_json_and_plot(tmp_path):
     (["--memory_budget=1MiB"], "Nothing fits"),
     (["--image_sizes=16,x"], "image_sizes"),
     (["--method=trial", "--trial_steps=-1"], "trial_steps=-1 is invalid"),
+    # The fixed-k planner's fields (tests/memory/test_plan.py).
+    (["--config.batch_size=auto", "--config.microbatch_size=auto"],
+     "config.microbatch_size='auto' is invalid"),
+    (["--config.batch_size=512", "--config.microbatch_size=3"],
+     "config.microbatch_size=3 is invalid: a divisor of the per-device batch 512"),
+    (["--config.dtype=float16"], "config.dtype='float16' is invalid"),
+    (["--config.batch_size=512", "--config.microbatch_size=auto", "--method=trial"],
+     "--method=trial is invalid"),
 ])
 def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, expected):
   out = tmp_path / "fit"

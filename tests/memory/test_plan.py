@@ -108,25 +108,6 @@ def test_launcher_prints_the_plans_and_marks_the_chosen_one(tmp_path):
   assert (out / "fit.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--config.batch_size=auto", "--config.microbatch_size=auto"],
-     "config.microbatch_size='auto' is invalid"),
-    (["--config.batch_size=512", "--config.microbatch_size=3"],
-     "config.microbatch_size=3 is invalid: a divisor of the per-device batch 512"),
-    (["--config.dtype=float16"], "config.dtype='float16' is invalid"),
-    (["--config.batch_size=512", "--config.microbatch_size=auto", "--method=trial"],
-     "--method=trial is invalid"),
-])
-def test_launcher_bad_plan_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args,
-                                                                          expected):
-  out = tmp_path / "fit"
-  r = _fit(tmp_path, *args, f"--workdir={out}")
-  assert r.returncode == 2, r.stderr[-2000:]
-  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
-  assert len(lines) == 1 and expected in lines[0], r.stderr[-2000:]
-  assert not out.exists()
-
-
 def test_population_members_share_one_plan(mesh1, monkeypatch):
   calls = []
   real = plan.plan_microbatch
