@@ -15,6 +15,12 @@ cheapest. FLOP rates (per dtype) and memory bandwidth are measured on this machi
 device once per process. Memory grows with the micro-batch, so each (remat, dtype)
 family is bisected for its largest micro-batch that fits; of every plan compiled on
 the way that fits, the cheapest wins.
+
+The prediction is deterministic (the same machine plans the same run the same way,
+which timing each plan would not give), and it cannot see caches: on a 2-core CPU it
+ranks the CNN's micro-batch 500 first at k=4000, which measured 0.78x the speed of
+micro-batch 50 (experiments/benchmark_accumulation.py). Give microbatch_size
+explicitly where a measurement says better.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from sgdlab.config import Resolved
 from sgdlab.errors import ConfigError
 from sgdlab.memory.budget import Budget, device_budget
 from sgdlab.memory.estimator import Estimator, batch_struct
+from sgdlab.memory.search import check_fixed_parts
 from sgdlab.memory.units import format_bytes
 from sgdlab.train import step
 from sgdlab.train.run import build_program, replicated_structs
@@ -217,6 +224,7 @@ def plan_microbatch(resolved: Resolved, budget: Budget | None = None, *,
     for remat in remats:
       family = resolved.with_fields(dtype=dtype, microbatch_size=0, **{"model.remat": remat})
       base = Estimator(family, mesh, target=target)
+      check_fixed_parts(base, budget)  # nothing to plan when these alone do not fit
       bases.append(base)
       probed: dict[int, Plan] = {}
 

@@ -96,6 +96,26 @@ def powers_of_two(unit: int, cap: int) -> list[int]:
   return [unit << j for j in range(64) if unit << j <= cap]
 
 
+def check_fixed_parts(est: Estimator, budget: Budget) -> None:
+  """ConfigError when what does not depend on k (parameters, optimizer state, the
+  dataset, the CPU reserve) or the evaluation alone leaves no room under the budget."""
+  usable, config = budget.usable, est.config
+  fixed = est.with_reserve(est.data_bytes + est.state_bytes)
+  if fixed > usable:
+    reserve = (f", the CPU runtime reserve ({format_bytes(fixed - est.data_bytes - est.state_bytes)})"
+               if est.cpu else "")
+    raise ConfigError("memory_budget", budget.value, "a larger budget. Nothing fits: the "
+                      f"parameters ({format_bytes(est.param_bytes)}), optimizer state "
+                      f"({format_bytes(est.state_bytes - est.param_bytes)}), the dataset "
+                      f"on every device ({format_bytes(est.data_bytes)}){reserve} alone need "
+                      f"{format_bytes(fixed)} per device, and {format_bytes(usable)} is usable")
+  if est.with_reserve(est.data_bytes + est.eval_bytes()) > usable:
+    raise ConfigError("eval_batch_size", config.eval_batch_size,
+                      f"smaller: the eval step at k={est.eval_k} needs "
+                      f"{format_bytes(est.with_reserve(est.data_bytes + est.eval_bytes()))} per "
+                      f"device, and {format_bytes(usable)} is usable")
+
+
 def find_batch_size(config: ml_collections.ConfigDict | Resolved,
                     budget: Budget | None = None, *, mesh: Mesh | None = None,
                     target: str | None = None, exact: bool = True,
@@ -121,20 +141,7 @@ def find_batch_size(config: ml_collections.ConfigDict | Resolved,
   if est.cap < est.unit:
     raise ConfigError("data.n_train", est.spec.n_train,
                       f"at least {est.unit} training examples (one per device)")
-  fixed = est.with_reserve(est.data_bytes + est.state_bytes)
-  if fixed > usable:
-    reserve = (f", the CPU runtime reserve ({format_bytes(fixed - est.data_bytes - est.state_bytes)})"
-               if est.cpu else "")
-    raise ConfigError("memory_budget", budget.value, "a larger budget. Nothing fits: the "
-                      f"parameters ({format_bytes(est.param_bytes)}), optimizer state "
-                      f"({format_bytes(est.state_bytes - est.param_bytes)}), the dataset "
-                      f"on every device ({format_bytes(est.data_bytes)}){reserve} alone need "
-                      f"{format_bytes(fixed)} per device, and {format_bytes(usable)} is usable")
-  if est.with_reserve(est.data_bytes + est.eval_bytes()) > usable:
-    raise ConfigError("eval_batch_size", config.eval_batch_size,
-                      f"smaller: the eval step at k={est.eval_k} needs "
-                      f"{format_bytes(est.with_reserve(est.data_bytes + est.eval_bytes()))} per "
-                      f"device, and {format_bytes(usable)} is usable")
+  check_fixed_parts(est, budget)
   if est.total(est.unit) > usable:
     raise ConfigError("memory_budget", budget.value,
                       f"a larger budget. Nothing fits: even k={est.unit} needs "

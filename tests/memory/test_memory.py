@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import pytest
 
 
-from conftest import REPO, subprocess_env
-from oom import GiB, MiB, budget, oom_config, tiny, train_under_limit
+from conftest import subprocess_env
+from memory_support import GiB, MiB, budget, fit_cli, oom_config, tiny, train_under_limit
 from sgdlab import config as config_lib
 from sgdlab import data
-from sgdlab.memory import budget as budget_lib
 from sgdlab.memory import cpu_runtime, estimator, search, trials, units
 from sgdlab.train import api as trainer
 from sgdlab.errors import ConfigError
@@ -229,25 +228,9 @@ def test_auto_batch_size_trains_at_the_largest_k_and_logs_it(mesh1, caplog):
 # ----------------------------------------------------------------- the launcher
 
 
-def _fit(tmp_path, *args: str) -> subprocess.CompletedProcess:
-  cfg = tmp_path / "tiny_config.py"
-  cfg.write_text(
-      "from sgdlab.config import default_config\n"
-      "def get_config():\n"
-      "  c = default_config()\n"
-      "  c.model.name = 'cnn'; c.model.features = (4, 8); c.model.dense = 16\n"
-      "  c.data.name = 'synthetic'; c.data.synthetic_input_shape = (16, 16, 1)\n"
-      "  c.data.synthetic_n_train = 512; c.data.synthetic_n_test = 128\n"
-      "  c.eval_batch_size = 128\n"
-      "  return c\n")
-  return subprocess.run([sys.executable, "-m", "sgdlab.fit", f"--config={cfg}", *args],
-                        capture_output=True, text=True, env=subprocess_env(1), cwd=REPO,
-                        timeout=600)
-
-
 def test_launcher_prints_a_table_and_writes_json_and_plot(tmp_path):
   out = tmp_path / "fit"
-  r = _fit(tmp_path, "--memory_budget=1GiB", "--image_sizes=16,24", f"--workdir={out}")
+  r = fit_cli(tmp_path, "--memory_budget=1GiB", "--image_sizes=16,24", f"--workdir={out}")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "largest power of two" in r.stdout and "bytes/example" in r.stdout
   result = json.loads((out / "fit.json").read_text())
@@ -272,7 +255,7 @@ def test_launcher_prints_a_table_and_writes_json_and_plot(tmp_path):
 ])
 def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, expected):
   out = tmp_path / "fit"
-  r = _fit(tmp_path, *args, f"--workdir={out}")
+  r = fit_cli(tmp_path, *args, f"--workdir={out}")
   assert r.returncode == 2, r.stderr[-2000:]
   lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and expected in lines[0], r.stderr[-2000:]
@@ -280,7 +263,7 @@ def test_launcher_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, a
 
 
 # ------------------------------------------------------------ real out-of-memory
-# (budgets and the children under a limit: tests/oom.py)
+# (budgets and the children under a limit: tests/memory_support.py)
 
 def agreement_budgets(est: estimator.Estimator, powers, headroom=0.1):
   """For each power p, a budget where compile mode must answer p and trial mode can.

@@ -1,7 +1,7 @@
 """The fixed-k planner: k never changes, the plan chosen fits, and it really runs there.
 
 The real out-of-memory checks run the trainer in a child under an address-space limit
-(tests/oom.py) at a k whose one-step program needs more than the limit allows.
+(tests/memory_support.py) at a k whose one-step program needs more than the limit allows.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import json
 import pytest
 
 from conftest import tiny_config
-from memory.test_memory import _fit
-from oom import GiB, budget, oom_config, train_under_limit
+from memory_support import GiB, budget, fit_cli, oom_config, train_under_limit
 from sgdlab import config as config_lib
 from sgdlab.errors import ConfigError
 from sgdlab.memory import estimator, plan, trials
@@ -65,11 +64,21 @@ def test_given_fields_are_kept_and_only_auto_ones_searched(mesh1):
   assert {p.dtype for p in report.plans} == {"float32", "bfloat16"}
 
 
-def test_no_plan_fits_names_the_budget(mesh1):
-  with pytest.raises(ConfigError, match="no plan for k=8192 fits") as e:
-    plan.plan_microbatch(config_lib.resolve(_fixed_k("mlp"), n_devices=1),
-                         budget(64 << 20), mesh=mesh1)
-  assert e.value.field == "memory_budget"
+def test_no_plan_fits_names_the_field(mesh1):
+  resolved = config_lib.resolve(_fixed_k("mlp", eval_batch_size=1), n_devices=1)
+  one = estimator.Estimator(resolved.with_fields(microbatch_size=1), mesh1)
+  fixed = one.with_reserve(one.data_bytes + one.state_bytes)
+  cases = [(fixed // 2, "Nothing fits: the parameters"),  # below the fixed parts
+           ((fixed + one.total(K)) // 2, "no plan for k=8192 fits")]  # below micro-batch 1
+  for usable, message in cases:
+    with pytest.raises(ConfigError, match=message) as e:
+      plan.plan_microbatch(resolved, budget(int(usable / 0.9)), mesh=mesh1)
+    assert e.value.field == "memory_budget"
+  # An evaluation too large for the budget is named as such, before any plan.
+  with pytest.raises(ConfigError) as e:
+    plan.plan_microbatch(resolved.with_fields(eval_batch_size=4096),
+                         budget(int(one.total(K) / 0.9) + 1), mesh=mesh1)
+  assert e.value.field == "eval_batch_size"
 
 
 def _planned_run_under_limit(model: str, fraction: float, mesh) -> None:
@@ -98,7 +107,7 @@ def test_the_planned_micro_batch_trains_where_one_step_runs_out_of_memory(fracti
 
 def test_launcher_prints_the_plans_and_marks_the_chosen_one(tmp_path):
   out = tmp_path / "fit"
-  r = _fit(tmp_path, "--memory_budget=300MiB", "--config.batch_size=512",
+  r = fit_cli(tmp_path, "--memory_budget=300MiB", "--config.batch_size=512",
            "--config.microbatch_size=auto", f"--workdir={out}")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "k=512 fixed" in r.stdout and r.stdout.count("\n*") == 1

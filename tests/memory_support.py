@@ -1,5 +1,6 @@
-"""Real out-of-memory on CPU: children under an address-space limit, and the configs
-whose bytes grow fast enough with k for a budget to separate one k from the next.
+"""What the memory tests share: small configs and budgets, the fit launcher, and real
+out-of-memory on CPU (children under an address-space limit, and configs whose bytes
+grow fast enough with k for a budget to separate one k from the next).
 
 A budget B means: B bytes of address space beyond what the process maps after
 importing jax, loading the data and starting the runtime's threads. Trial children
@@ -37,6 +38,23 @@ def tiny(model: str = "cnn", side: int = 16, n_train: int = 1024) -> config_lib.
 
 def budget(n: int, headroom: float = 0.1) -> budget_lib.Budget:
   return budget_lib.Budget(n, headroom, f"{n} bytes", given=str(n))
+
+
+def fit_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+  """`python -m sgdlab.fit` on a small CNN config written to tmp_path."""
+  cfg = tmp_path / "tiny_config.py"
+  cfg.write_text(
+      "from sgdlab.config import default_config\n"
+      "def get_config():\n"
+      "  c = default_config()\n"
+      "  c.model.name = 'cnn'; c.model.features = (4, 8); c.model.dense = 16\n"
+      "  c.data.name = 'synthetic'; c.data.synthetic_input_shape = (16, 16, 1)\n"
+      "  c.data.synthetic_n_train = 512; c.data.synthetic_n_test = 128\n"
+      "  c.eval_batch_size = 128\n"
+      "  return c\n")
+  return subprocess.run([sys.executable, "-m", "sgdlab.fit", f"--config={cfg}", *args],
+                        capture_output=True, text=True, env=subprocess_env(1), cwd=REPO,
+                        timeout=600)
 
 
 _TRAIN_UNDER_LIMIT = r"""
