@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,8 +43,7 @@ from jax.sharding import Mesh
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import throughput_loops as loops_lib
-from throughput_loops import JAX_LOOP, JAX_STEP, SGDLAB, TORCH
-from sgdlab import config as config_lib
+from throughput_loops import JAX_LOOP, JAX_STEP, SGDLAB, TORCH, load_mnist, machine_description
 from sgdlab import data
 from sgdlab.train import step
 
@@ -64,11 +62,6 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads
 
 _SETTLE_S = 0.3  # pause after each PyTorch epoch (untimed)
 HAND = (JAX_LOOP, JAX_STEP)
-
-
-def load_mnist() -> data.Dataset:
-  """The bundled 4,000 / 1,000 MNIST split, as the classic experiment uses it."""
-  return data.load(config_lib.default_config().data)
 
 
 def tiled(dataset: data.Dataset, n: int) -> data.Dataset:
@@ -231,18 +224,6 @@ def format_table(results: list[Result]) -> str:
                 if TORCH in r.epoch_times else ["-", "-"])
     rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)
-
-
-def machine_description() -> str:
-  """CPU model and core count (Linux), or the platform string elsewhere."""
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f
-                   if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{model}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str]) -> None:

@@ -15,6 +15,8 @@ Both hand-written loops run the model as a user would write it in plain Flax/JAX
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -40,6 +42,23 @@ class Loop:
   name: str
   run_epoch: Callable[[int], float]  # returns the epoch's last-step loss
   params: Callable[[], list[np.ndarray]]  # every parameter, in a fixed order
+
+
+def machine_description() -> str:
+  """CPU model and core count (Linux), or the platform string elsewhere."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(line.split(":", 1)[1].strip() for line in f
+                   if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{model}, {os.cpu_count()} cores"
+
+
+def load_mnist() -> data.Dataset:
+  """The bundled 4,000 / 1,000 MNIST split, as the classic experiment uses it."""
+  return data.load(config_lib.default_config().data)
 
 
 def bench_config(model: str, k: int, lr: float, decay: float, seed: int,
