@@ -27,6 +27,13 @@ noise_scale.png. Deterministic: a rerun gives the same table. Measured on 2 CPU 
   --config.steps_to_target.batch_sizes="(8, 64, 512)"  a subset of k only
   --config.optimizer.name=momentum, --config.schedule.name=cosine (decay length from
     num_epochs), --config.model.hidden="(128,)" work as in sgdlab.launch configs.
+
+Past the device's memory: --config=experiments/steps_to_target.py:cnn is Keras' CNN
+(dropout off) at k = 64, 512, 4000 under memory_budget=1GiB, where one step at k=4000
+needs 5.6 GiB: microbatch_size="auto" keeps every k and accumulates where it must
+(the table's micro-batch column). With --config.memory_budget= --config.microbatch_size=0
+the same runs go without accumulation (a machine with the memory): the steps to target
+agree within float summation noise. About 25 minutes each on 2 CPU cores; no noise run.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from sgdlab import cli
 from sgdlab import config as config_lib
 from sgdlab import data, noise
 from sgdlab.errors import ConfigError
+from sgdlab.memory import auto
 from sgdlab.train import api, loop
 from sgdlab.train import run as run_lib
 from sgdlab.train import step
@@ -80,6 +88,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       noise_checkpoints=4,  # checkpoints of that run with exact and fixed-params B_simple
       noise_fixed_batches=400,  # batches averaged at each checkpoint
   ))
+  if variant == "cnn":
+    c.model.name, c.model.conv_dropout, c.model.dense_dropout = "cnn", 0.0, 0.0
+    c.memory_budget, c.microbatch_size = "1GiB", "auto"
+    c.eval_batch_size = 100  # evaluation is not planned: keep it small
+    c.learning_rate = 0.05
+    s = c.steps_to_target
+    s.batch_sizes, s.max_lrs, s.noise_batch_size = (64, 512, 4000), 4, 0
   if variant == "small":
     c.data.name = "synthetic"
     c.data.synthetic_n_train, c.data.synthetic_n_test = 256, 128
@@ -122,9 +137,10 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
   for field in ("max_lrs", "max_steps", "max_examples", "noise_fixed_batches"):
     if int(s[field]) < 1:
       raise ConfigError(f"steps_to_target.{field}", s[field], "an integer >= 1")
-  if s.noise_batch_size < 2 or s.noise_batch_size % 2:
+  if s.noise_batch_size < 0 or s.noise_batch_size % 2:
     raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
-                      "an even integer >= 2 (one device splits the batch in two)")
+                      "an even integer >= 2 (one device splits the batch in two), or 0: "
+                      "no noise run")
   if n_train is not None:
     bad = [k for k in batch_sizes(config, n_train) if not 1 <= k <= n_train]
     if bad:
@@ -161,6 +177,7 @@ def make_runner(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, 
   budget = int(min(s.max_steps, max(1, s.max_examples // k)))
   c.num_epochs = max(int(c.num_epochs), math.ceil(budget / per_epoch))
   resolved = config_lib.resolve(c, n_devices=mesh.size, spec=dataset.spec())
+  resolved = auto.resolve_plan(resolved, mesh)  # microbatch_size="auto": keeps k
   base = run_lib.create_run(resolved, dataset, mesh)
   target = loop.Target(s.metric, float(s.target))
 
@@ -177,7 +194,9 @@ def make_runner(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, 
       last = h.evals.get(s.metric, [math.nan])[-1]
       status = f"not reached in {limit} steps (last {s.metric} {float(last):.4f})"
     return dict(k=k, learning_rate=learning_rate, steps=h.reached, status=status,
-                wall_time=time.perf_counter() - start)
+                wall_time=time.perf_counter() - start,
+                microbatch_size=resolved.microbatch_size,
+                accumulation_steps=resolved.accumulation_steps)
 
   return run_lr
 
@@ -314,18 +333,21 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
 
 
 def table(ks: list[int], runs: list[dict], best: dict[int, dict], fit) -> str:
-  head = "| k | best lr | steps | examples | fit S(k) | lrs tried (steps) |"
-  rows = [head, "|---:|---:|---:|---:|---:|---|"]
+  head = "| k | micro-batch | best lr | steps | examples | fit S(k) | lrs tried (steps) |"
+  rows = [head, "|---:|---:|---:|---:|---:|---:|---|"]
   for k in ks:
     tried = ", ".join(f"{r['learning_rate']:.3g} ({r['steps'] if r['steps'] else '-'})"
                       for r in runs if r["k"] == k)
     b = best.get(k)
     fit_s = f"{float(fit.steps(k)):.0f}" if fit else "-"
+    first = next(r for r in runs if r["k"] == k)
+    micro = (f"{first['microbatch_size']} x {first['accumulation_steps']}"
+             if first.get("accumulation_steps", 1) > 1 else "-")
     if b is None:
-      rows.append(f"| {k} | - | not reached | - | {fit_s} | {tried} |")
+      rows.append(f"| {k} | {micro} | - | not reached | - | {fit_s} | {tried} |")
     else:
-      rows.append(f"| {k} | {b['learning_rate']:.3g} | {b['steps']} | {b['steps'] * k:,} | "
-                  f"{fit_s} | {tried} |")
+      rows.append(f"| {k} | {micro} | {b['learning_rate']:.3g} | {b['steps']} | "
+                  f"{b['steps'] * k:,} | {fit_s} | {tried} |")
   return "\n".join(rows)
 
 
@@ -378,12 +400,12 @@ def experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
 
   # The noise run uses the tuned lr of the nearest k and runs past its steps to target.
   k_noise = int(s.noise_batch_size)
-  near = min(best, key=lambda k: abs(math.log(k / k_noise)), default=None)
+  near = min(best, key=lambda k: abs(math.log(k / k_noise)), default=None) if k_noise else None
   noise_lr = best[near]["learning_rate"] if near else float(config.learning_rate)
-  noise_steps = best[near]["steps"] if near else 10 * math.ceil(dataset.n_train / k_noise)
+  noise_steps = best[near]["steps"] if near else 10 * math.ceil(dataset.n_train / max(k_noise, 1))
   t0 = time.perf_counter()
   noise_result = noise_run(config, dataset, mesh, k_noise, noise_lr,
-                           math.ceil(noise_steps * s.noise_length))
+                           math.ceil(noise_steps * s.noise_length)) if k_noise else None
   noise_time = time.perf_counter() - t0
 
   result = dict(
@@ -399,16 +421,18 @@ def experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(_finite(result), f, indent=1)
   text = table(ks, runs, best, fit)
+  noise_text = noise_table(noise_result) if noise_result else ""
   with open(os.path.join(workdir, "table.md"), "w") as f:
-    f.write(text + "\n\n" + noise_table(noise_result) + "\n")
+    f.write(text + "\n\n" + noise_text + "\n")
   noise_figures.steps_figure(result, os.path.join(workdir, "steps_to_target.png"))
-  noise_figures.noise_figure(result, os.path.join(workdir, "noise_scale.png"))
+  if noise_result:
+    noise_figures.noise_figure(result, os.path.join(workdir, "noise_scale.png"))
   print(text)
   if fit:
     print(f"fit S = S_min (1 + B_noise / k): S_min = {fit.s_min:.1f} steps, "
           f"B_noise = {fit.b_noise:.0f}, E_min = {fit.e_min:,.0f} examples, "
           f"rms log error {fit.rms_log_error:.3f}")
-  print(noise_table(noise_result))
+  print(noise_text)
   print(f"sweep {sweep_time:.0f}s, noise run {noise_time:.0f}s; outputs in {workdir}")
   return result
 
