@@ -3,13 +3,15 @@ r"""The accelerator check: sgdlab's speed and memory answers on one GPU, in minu
   python experiments/device_check.py            # one GPU: about 3-4 minutes
   python experiments/device_check.py --smoke    # the same code paths on CPU, < 30 s
 
-Synthetic data (no files), one device. Prints three tables:
+Synthetic data (no files), one device. Prints four tables:
 1. examples/s of sgdlab's training (its Run, as the trainer drives it) and of the
    hand-written JAX loops (one jitted scan per epoch; jit per step) for the MLP
    784-512-512-10 and the Keras MNIST CNN at k = 32, 256, 2048, over a fixed number of
    steps per timed epoch, alternating loops per round (experiments/throughput_loops.py);
 2. a population of P=8 runs at k=32 (one vmapped program) against 8 sequential runs;
-3. compile mode's largest k (the CNN's compiled step against the device's budget)
+3. sgdlab's training at dtype float32 against bfloat16, and at micro-batch k/4 (4
+   accumulation steps), for both models at k = 256 and 2048 (bf16 is no faster on CPU);
+4. compile mode's largest k (the CNN's compiled step against the device's budget)
    against the real boundary: trial children at compile mode's power of two and its
    double (then 4p, 8p or p/2, p/4 if both ran or both failed), two at a time,
    under XLA_PYTHON_CLIENT_MEM_FRACTION (--mem_fraction); at most 5 children.
@@ -79,26 +81,52 @@ def throughput(args, mesh, models, batch_sizes) -> None:
             f"{rate[bt.JAX_STEP]:,.0f} | {r.ratio(bt.SGDLAB)[0]:.2f}x |", flush=True)
 
 
-def population(args, mesh, k: int, size: int, hidden) -> None:
+def epoch_seconds(run, rounds: int) -> float:
+  """Median seconds of an epoch of a Run's advance program, after a warm-up epoch."""
   import jax  # pylint: disable=g-import-not-at-top
+  state, times = run.init_state(), []
+  for e in range(1 + rounds):
+    start = time.perf_counter()
+    state, metrics = run.advance(state, run.plan(e))
+    jax.block_until_ready(metrics)
+    if e:
+      times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def precision(args, mesh, models, batch_sizes) -> None:
+  """sgdlab's training at config.dtype float32 against bfloat16 (bf16 matmuls and
+  convolutions, float32 parameters), and at 4 accumulation steps (micro-batch k/4)."""
+  import throughput_loops as tl  # pylint: disable=g-import-not-at-top
+  from sgdlab import config as config_lib  # pylint: disable=g-import-not-at-top
+  from sgdlab.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  print("| model | k | float32 ex/s | bfloat16 ex/s | bf16 / fp32 | fp32, 4 x k/4 ex/s |")
+  print("|---|---:|---:|---:|---:|---:|")
+  for model, sizes in models.items():
+    for k in batch_sizes:
+      ds = synthetic(args.steps * k)
+      rate = {}
+      for name, fields in (("fp32", {}), ("bf16", dict(dtype="bfloat16")),
+                           ("acc", dict(microbatch_size=max(k // 4, 1)))):
+        config = tl.bench_config(model, k, 0.01, 1e-3, 0, **sizes)
+        for key, value in fields.items():
+          config[key] = value
+        run = run_lib.create_run(config_lib.resolve(config, n_devices=1, spec=ds.spec()),
+                                 ds, mesh)
+        rate[name] = ds.n_train / epoch_seconds(run, args.rounds)
+      print(f"| {model} | {k} | {rate['fp32']:,.0f} | {rate['bf16']:,.0f} | "
+            f"{rate['bf16'] / rate['fp32']:.2f}x | {rate['acc']:,.0f} |", flush=True)
+
+
+def population(args, mesh, k: int, size: int, hidden) -> None:
   import throughput_loops as tl  # pylint: disable=g-import-not-at-top
   from sgdlab import config as config_lib  # pylint: disable=g-import-not-at-top
   from sgdlab.train import run as run_lib  # pylint: disable=g-import-not-at-top
   ds = synthetic(args.steps * k)
   members = [config_lib.resolve(tl.bench_config("mlp", k, 0.1 / (i + 1), 1e-3, i, hidden),
                                 n_devices=1, spec=ds.spec()) for i in range(size)]
-  runs = {"one run": run_lib.create_run(members[0], ds, mesh),
-          f"population of {size}": run_lib.create_run(members, ds, mesh)}
-  times = {}
-  for name, run in runs.items():
-    state = run.init_state()
-    for e in range(1 + args.rounds):
-      start = time.perf_counter()
-      state, metrics = run.advance(state, run.plan(e))
-      jax.block_until_ready(metrics)
-      if e:
-        times.setdefault(name, []).append(time.perf_counter() - start)
-  one, pop = (statistics.median(t) for t in times.values())
+  one = epoch_seconds(run_lib.create_run(members[0], ds, mesh), args.rounds)
+  pop = epoch_seconds(run_lib.create_run(members, ds, mesh), args.rounds)
   print(f"population P={size}, k={k}, MLP: {size * ds.n_train / pop:,.0f} member-ex/s "
         f"against {ds.n_train / one:,.0f} ex/s for one run: {size * one / pop:.2f}x the "
         f"speed of {size} sequential runs", flush=True)
@@ -174,6 +202,7 @@ def main(argv: list[str]) -> None:
     batch_sizes, pop_size, hidden = [32, 256, 2048], 8, tl.HIDDEN
   throughput(args, mesh, models, batch_sizes)
   population(args, mesh, batch_sizes[0], pop_size, hidden)
+  precision(args, mesh, models, batch_sizes[1:] or batch_sizes)
   config = tl.bench_config("cnn", 32, 0.01, 1e-3, 0, **models["cnn"])
   config.data.name, config.data.synthetic_n_train, config.data.synthetic_n_test = (
       "synthetic", 16384, 256)
