@@ -17,6 +17,8 @@ LABEL_FIELDS = ("name", "sweep")
 # The fields population members may differ in: numbers the train step reads from its state.
 MEMBER_FIELDS = ("learning_rate", "lr_decay", "seed")
 # Fields that do not change a run's results: point ids and stored configs ignore them.
+# Fields that hold an int or "auto".
+AUTO_FIELDS = ("batch_size", "microbatch_size")
 NON_RESULT_FIELDS = LABEL_FIELDS + ("checkpoint_every_epochs", "population", "steps_per_call")
 
 
@@ -36,7 +38,14 @@ def set_field(config: ml_collections.ConfigDict, path: str, value: Any, *,
   if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
     valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
     raise ConfigError(where or path, value, f"a known field (known here: {', '.join(valid)})")
-  node[leaf] = tuple(value) if isinstance(value, list) else value
+  value = tuple(value) if isinstance(value, list) else value
+  if leaf in AUTO_FIELDS:
+    # An int or "auto": a config whose references were resolved (copy_and_resolve_
+    # references) has lost the field's object type, so the type is not checked.
+    with node.ignore_type():
+      node[leaf] = value
+  else:
+    node[leaf] = value
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

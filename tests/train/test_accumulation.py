@@ -85,3 +85,12 @@ def test_the_micro_batch_divides_each_devices_share(mesh8):
   with pytest.raises(ConfigError, match=r"per-device batch 4 \(k=32 over 8"):
     config_lib.resolve(tiny_config(microbatch_size=8), n_devices=8)
   assert config_lib.resolve(tiny_config(microbatch_size=2), n_devices=8).accumulation_steps == 2
+
+
+def test_auto_fields_take_a_number_or_auto_after_references_are_resolved():
+  # Experiments copy configs with copy_and_resolve_references, which drops the fields'
+  # object type: the planner's "auto" -> number must still be settable.
+  config = tiny_config(microbatch_size="auto").copy_and_resolve_references()
+  config_lib.set_field(config, "microbatch_size", 8)
+  config_lib.set_field(config, "batch_size", "auto")
+  assert config.microbatch_size == 8 and config.batch_size == "auto"
