@@ -6,6 +6,8 @@ dtype="auto"): k stays, and the fixed-k planner picks micro-batch, remat and dty
 
 from __future__ import annotations
 
+from typing import Any
+
 from absl import logging
 from jax.sharding import Mesh
 
@@ -42,3 +44,14 @@ def resolve_plan(resolved: Resolved, mesh: Mesh) -> Resolved:
   logging.info("microbatch_size=%s, dtype=%s: planned in %.1fs\n%s", c.microbatch_size,
                c.dtype, report.search_seconds, report.table())
   return plan.apply(resolved, report)
+
+
+DECIDED_FIELDS = ("batch_size", "microbatch_size", "dtype", "model.remat")
+
+
+def decided_fields(resolved: Resolved) -> dict[str, Any]:
+  """The fields the "auto" searches decide, as resolved holds them: what runs that share
+  every other field (population members, sweep points) take over instead of searching."""
+  c = resolved.config
+  return dict(batch_size=c.batch_size, microbatch_size=c.microbatch_size, dtype=c.dtype,
+              **{"model.remat": c.model.remat})

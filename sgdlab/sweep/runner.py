@@ -2,8 +2,8 @@
 
 `plan` does all the checking before anything is written or trained: it expands the
 sweep, refuses command-line overrides of fields the sweep sets, resolves every point
-(`sgdlab.config.resolve`), checks population groups, and finds k for batch_size="auto"
-by compiling (`sgdlab.memory.auto`). A bad value is one ConfigError.
+(`sgdlab.config.resolve`), checks population groups, and decides the "auto" fields (k,
+the fixed-k plan) by compiling (`sgdlab.memory.auto`). A bad value is one ConfigError.
 
 Then each group of points (one point, or a population) is claimed, trained through
 `sgdlab.train` and stored; a point that diverges or crashes is recorded in its folder
@@ -69,18 +69,21 @@ def check_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
 
 def plan(config: ml_collections.ConfigDict, mesh,
          overrides: Mapping[str, str] | None = None) -> list[Planned]:
-  """Every point expanded, validated and resolved (auto k found), before anything else."""
+  """Every point expanded, validated and resolved ("auto" fields decided), before anything
+  else."""
   from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   check_overrides(config, overrides or {})
   points = expand.expand(config)
   planned, autos = [], {}
   for point in points:
     resolved = config_lib.resolve(point.config, n_devices=mesh.size)
-    if resolved.auto_batch_size:
+    if resolved.auto_batch_size or resolved.auto_plan:
+      # Decided once for all points that share every field but lr, decay and seed.
       key = json.dumps(config_lib.shared_fields(resolved.config), sort_keys=True, default=str)
       if key not in autos:
-        autos[key] = auto.resolve_batch_size(resolved, mesh).batch_size
-      resolved = resolved.with_batch_size(autos[key])
+        autos[key] = auto.decided_fields(
+            auto.resolve_plan(auto.resolve_batch_size(resolved, mesh), mesh))
+      resolved = resolved.with_fields(**autos[key])
     planned.append(Planned(point, resolved))
   for group in groups.group(points):
     if len(group) > 1:

@@ -70,9 +70,9 @@ def train_population(configs: Sequence[ml_collections.ConfigDict | Resolved], *,
       c, n_devices=mesh.size, spec=None if dataset is None else dataset.spec()) for c in configs]
   config_lib.check_members([r.config for r in resolved])
   # The "auto" fields are decided once: members differ only in numbers the step reads.
+  from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   first, dataset = prepare(resolved[0], mesh, dataset)
-  decided = {key: first.config[key] for key in ("batch_size", "microbatch_size", "dtype")}
-  decided["model.remat"] = first.config.model.remat
+  decided = auto.decided_fields(first)
   members = [first] + [r.with_fields(**decided) for r in resolved[1:]]
   run = run_lib.create_run(members, dataset, mesh)
   return loop.run_loop(run, checkpoint_dir=checkpoint_dir)

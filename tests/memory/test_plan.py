@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
+import ml_collections
 import pytest
 
 from conftest import tiny_config
@@ -16,6 +17,8 @@ from memory_support import GiB, budget, fit_cli, oom_config, train_under_limit
 from sgdlab import config as config_lib
 from sgdlab.errors import ConfigError
 from sgdlab.memory import estimator, plan, trials
+from sgdlab.sweep import runner
+from sgdlab.train import api
 
 K = 8192
 
@@ -117,13 +120,26 @@ def test_launcher_prints_the_plans_and_marks_the_chosen_one(tmp_path):
   assert (out / "fit.png").stat().st_size > 0
 
 
-def test_population_members_share_one_plan(mesh1, monkeypatch):
-  calls = []
-  real = plan.plan_microbatch
+def _count_plans(monkeypatch) -> list:
+  calls, real = [], plan.plan_microbatch
   monkeypatch.setattr(plan, "plan_microbatch", lambda *a, **k: calls.append(1) or real(*a, **k))
-  from sgdlab.train import api  # pylint: disable=g-import-not-at-top
+  return calls
+
+
+def test_population_members_share_one_plan(mesh1, monkeypatch):
+  calls = _count_plans(monkeypatch)
   configs = [tiny_config(microbatch_size="auto", memory_budget="2GiB", learning_rate=lr,
                          num_epochs=1) for lr in (0.1, 0.2)]
   histories = api.train_population(configs, mesh=mesh1)
   assert len(calls) == 1
   assert histories[0].config["microbatch_size"] == histories[1].config["microbatch_size"]
+
+
+def test_a_sweep_plans_once_per_shared_config_before_anything_runs(mesh1, monkeypatch):
+  calls = _count_plans(monkeypatch)
+  config = tiny_config(microbatch_size="auto", memory_budget="2GiB")
+  config.sweep.product = ml_collections.ConfigDict(
+      dict(learning_rate=(0.1, 0.2), batch_size=(32, 64)))
+  planned = runner.plan(config, mesh1)
+  assert len(calls) == 2  # one plan per k, shared by its learning rates
+  assert all(isinstance(p.resolved.config.microbatch_size, int) for p in planned)
