@@ -1,7 +1,7 @@
 r"""The accelerator check: sgdlab's speed and memory answers on one GPU, in minutes.
 
-  python experiments/device_check.py            # one GPU: about 3-4 minutes
-  python experiments/device_check.py --smoke    # the same code paths on CPU, < 30 s
+  python experiments/device_check.py            # one GPU: about 4-5 minutes
+  python experiments/device_check.py --smoke    # the same code paths on CPU, ~40 s
 
 Synthetic data (no files), one device. Prints four tables:
 1. examples/s of sgdlab's training (its Run, as the trainer drives it) and of the

@@ -13,6 +13,11 @@ on 2 CPU cores; fit.json and fit.png (bytes vs k with the budget line) land in t
 workdir. Add --method=trial to find the answer the manual way (a few real steps of
 the trainer's programs in a child process per k; on CPU under an address-space limit).
 
+For a fixed k whose step does not fit, the plans instead (micro-batch, remat, dtype;
+about a minute on 2 CPU cores for 14 plans):
+  python -m sgdlab.fit --config=experiments/fit_batch_size.py --memory_budget=1GiB \
+      --config.batch_size=4000 --config.microbatch_size=auto --workdir=runs/plan
+
 The same config trains with the batch size found: batch_size = "auto".
   python -m sgdlab.launch --config=experiments/fit_batch_size.py --config.memory_budget=2GiB
 --config=experiments/fit_batch_size.py:small is a small CNN on 16x16 synthetic images

@@ -16,11 +16,12 @@ device once per process. Memory grows with the micro-batch, so each (remat, dtyp
 family is bisected for its largest micro-batch that fits; of every plan compiled on
 the way that fits, the cheapest wins.
 
-The prediction is deterministic (the same machine plans the same run the same way,
-which timing each plan would not give), and it cannot see caches: on a 2-core CPU it
-ranks the CNN's micro-batch 500 first at k=4000, which measured 0.78x the speed of
-micro-batch 50 (experiments/benchmark_accumulation.py). Give microbatch_size
-explicitly where a measurement says better.
+The prediction reads compiled programs, not timings, so a busy machine plans as an idle
+one does but for the two rates measured at start (timing every plan would not give
+that), and it cannot see caches: on a 2-core CPU it ranks the CNN's micro-batch 500
+first at k=4000, which measured 0.73x the speed of micro-batch 50
+(experiments/benchmark_accumulation.py). Give microbatch_size explicitly where a
+measurement says better.
 """
 
 from __future__ import annotations

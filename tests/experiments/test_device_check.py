@@ -17,7 +17,10 @@ def test_smoke_prints_every_table():
   assert r.returncode == 0, r.stderr[-3000:]
   out = r.stdout
   rows = [l for l in out.splitlines() if l.startswith(("| mlp |", "| cnn |"))]
-  assert len(rows) == 2 and all(l.rstrip().endswith("x |") for l in rows), out
+  speed, precision = rows[:2], rows[2:]  # sgdlab / best; then fp32, bf16, accumulation
+  assert len(speed) == 2 and all(l.rstrip().endswith("x |") for l in speed), out
+  assert "| bf16 / fp32 |" in out and len(precision) == 2, out
+  assert all(l.count("|") == 7 and "x |" in l for l in precision), out
   assert "population P=2, k=8" in out and "sequential runs" in out
   assert "compile mode: budget" in out and "real trial at k=" in out
   assert "real boundary k=" in out and "device check done" in out
