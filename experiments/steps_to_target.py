@@ -20,8 +20,9 @@ lr, 4x its steps to target), and at checkpoints of that run both exactly
 over 400 batches at the checkpoint's parameters.
 
 Writes to the workdir: results.json (every run), table.md, steps_to_target.png,
-noise_scale.png. Deterministic: a rerun gives the same table. Measured on 2 CPU cores
-(shared with other jobs): 8 to 9 minutes wall, about 500 s CPU. Larger settings:
+noise_scale.png (the noise run: experiments/noise_checkpoints.py). Deterministic: a
+rerun gives the same table. Measured on 2 CPU cores (shared with other jobs): 8 to 9
+minutes wall, about 500 s CPU. Larger settings:
   --config.data.dir=/path/to/idx  full MNIST (60k): raise steps_to_target.max_examples
   --config.steps_to_target.target=0.95, or .metric=train_loss --config.steps_to_target.target=0.1
   --config.steps_to_target.batch_sizes="(8, 64, 512)"  a subset of k only
@@ -42,12 +43,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import flags, logging
 
 from sgdlab import cli
@@ -55,9 +56,13 @@ from sgdlab import config as config_lib
 from sgdlab import data, noise
 from sgdlab.errors import ConfigError
 from sgdlab.memory import auto
-from sgdlab.train import api, loop
+from sgdlab.train import loop
 from sgdlab.train import run as run_lib
 from sgdlab.train import step
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from noise_checkpoints import noise_run, noise_table
 
 METRICS = ("test_accuracy", "train_loss")
 
@@ -258,78 +263,6 @@ def best_runs(runs: list[dict]) -> dict[int, dict]:
   return out
 
 
-# ------------------------------------------------------------------- noise scale
-
-
-def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k: int,
-              learning_rate: float, steps: int) -> dict[str, Any]:
-  """Ordinary training with noise_scale=True, and exact B_simple at its checkpoints.
-
-  Runs sgdlab.train.api.train for enough epochs to cover `steps`; the checkpoints are
-  the same run stopped after fewer epochs (same seed, so the same trajectory).
-  """
-  s = config.steps_to_target
-  c = config.copy_and_resolve_references()
-  c.batch_size, c.learning_rate, c.noise_scale = k, learning_rate, True
-  steps_per_epoch = math.ceil(dataset.n_train / k)
-  epochs = max(1, math.ceil(steps / steps_per_epoch))
-  c.num_epochs = epochs
-  history = api.train(c, dataset=dataset, mesh=mesh)
-  n = dataset.n_train
-  grad_sq, trace = np.asarray(history.steps["grad_sq"]), np.asarray(history.steps["trace_sigma"])
-  # The trainer's estimates treat the data as infinite; correct them for the n examples
-  # that batches are drawn from without replacement (see sgdlab.noise).
-  grad_sq_n, trace_n = grad_sq + trace / n, trace * (n - 1) / n
-  curve = noise.ema_curve(grad_sq_n, trace_n, c.noise_ema)
-  # The ratio of each epoch's mean estimates: no lag, more noise than the EMA.
-  epoch_slices = [slice(i, i + steps_per_epoch) for i in range(0, len(trace_n), steps_per_epoch)]
-  per_epoch = [np.nanmean(trace_n[e]) / np.nanmean(grad_sq_n[e]) for e in epoch_slices]
-
-  ckpt_epochs = sorted({0, *np.unique(np.round(np.geomspace(1, epochs, s.noise_checkpoints))
-                                      .astype(int)).tolist()})
-  program = run_lib.build_program(config_lib.resolve(c, n_devices=mesh.size,
-                                                     spec=dataset.spec()), mesh)
-  loss_fn = noise.classifier_loss(program.model)
-  checkpoints = []
-  for e in ckpt_epochs:
-    if e == 0:
-      state = program.init_state()
-    else:
-      c_e = c.copy_and_resolve_references()
-      c_e.num_epochs = e
-      state = history.state if e == epochs else api.train(c_e, dataset=dataset,
-                                                          mesh=mesh).state
-    t0 = time.perf_counter()
-    ex = noise.exact(loss_fn, state.params, dataset.x_train, dataset.y_train)
-    t_exact = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    on = noise.online_at_fixed_params(program.train_step, mesh, state, dataset.x_train,
-                                      dataset.y_train, batch_size=k,
-                                      num_batches=s.noise_fixed_batches, seed=e,
-                                      n_population=n)
-    t_online = time.perf_counter() - t0
-    raw_b = (on.trace_sigma * n / (n - 1)) / (on.grad_sq - on.trace_sigma / (n - 1))
-    t = int(state.step)
-    checkpoints.append(dict(
-        epoch=e, step=t, ema_b_simple=float(curve[t - 1]) if t else math.nan,
-        exact_grad_sq=ex.grad_sq,
-        exact_trace_sigma=ex.trace_sigma, exact_b_simple=ex.b_simple,
-        online_grad_sq=on.grad_sq, online_trace_sigma=on.trace_sigma,
-        online_b_simple=on.b_simple, online_b_simple_uncorrected=raw_b,
-        online_grad_sq_se=on.grad_sq_se, online_trace_sigma_se=on.trace_sigma_se,
-        online_batches=on.count, exact_seconds=t_exact, online_seconds=t_online))
-    logging.info("checkpoint epoch %d (step %d): B_simple exact %.1f, online %.1f "
-                 "(uncorrected %.1f)", e, int(state.step), ex.b_simple, on.b_simple, raw_b)
-  return dict(batch_size=k, learning_rate=learning_rate, epochs=epochs, n_train=n,
-              noise_fixed_batches=int(s.noise_fixed_batches),
-              noise_ema=c.noise_ema, step_grad_sq=grad_sq_n.tolist(),
-              step_trace_sigma=trace_n.tolist(), step_b_simple_ema=curve.tolist(),
-              epoch_b_simple_mean=[float(v) for v in per_epoch],
-              epoch_b_simple_trainer=list(history.epochs["noise_scale"]),
-              test_accuracy=list(history.epochs["test_accuracy"]),
-              checkpoints=checkpoints)
-
-
 # ------------------------------------------------------------------------ report
 
 
@@ -349,20 +282,6 @@ def table(ks: list[int], runs: list[dict], best: dict[int, dict], fit) -> str:
     else:
       rows.append(f"| {k} | {micro} | {b['learning_rate']:.3g} | {b['steps']} | "
                   f"{b['steps'] * k:,} | {fit_s} | {tried} |")
-  return "\n".join(rows)
-
-
-def noise_table(n: dict[str, Any]) -> str:
-  """Exact B_simple at the checkpoints against the online estimates."""
-  rows = [f"| step | exact B_simple | online, {n['noise_fixed_batches']} batches at fixed "
-          f"params | same, without the finite-n correction | online EMA in training |",
-          "|---:|---:|---:|---:|---:|"]
-  rel = lambda v, ref: f"{v:.1f} ({100 * (v / ref - 1):+.1f}%)"
-  for c in n["checkpoints"]:
-    ema = rel(c["ema_b_simple"], c["exact_b_simple"]) if math.isfinite(c["ema_b_simple"]) else "-"
-    rows.append(f"| {c['step']} | {c['exact_b_simple']:.1f} | "
-                f"{rel(c['online_b_simple'], c['exact_b_simple'])} | "
-                f"{rel(c['online_b_simple_uncorrected'], c['exact_b_simple'])} | {ema} |")
   return "\n".join(rows)
 
 
