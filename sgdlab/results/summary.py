@@ -108,7 +108,7 @@ class Store:
 
   histories: list[History]
   failed: list[tuple[str, str]]  # (run name, error)
-  unfinished: list[tuple[str, str]]  # (run name, status: running | missing)
+  unfinished: list[tuple[str, str]]  # (run name, "running, epoch n written" | "missing")
 
 
 def _sort_key(h: History):
@@ -138,8 +138,10 @@ def read_store(workdir: str) -> Store:
         failed.append((label, f"unreadable history.json ({e})"))
     elif state["status"] == "failed":
       failed.append((label, state.get("error", "")))
-    else:
-      unfinished.append((label, state["status"]))
+    else:  # a running point names its latest epoch on disk (its epochs.csv)
+      epoch = state.get("epoch")
+      unfinished.append((label, state["status"] + (f", epoch {epoch} written"
+                                                   if epoch else "")))
   histories.sort(key=_sort_key)
   return Store(histories, failed, unfinished)
 

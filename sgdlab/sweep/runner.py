@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 from absl import logging
@@ -28,6 +28,7 @@ from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.errors import ConfigError, UsageError
 from sgdlab.results import summary
+from sgdlab.results.history import History
 from sgdlab.sweep import claims, expand, groups, hosts, store
 from sgdlab.sweep.workers import Worker
 
@@ -214,6 +215,18 @@ class Sweep:
       self._dataset = (key, data.load(cfg))  # keep one dataset in memory
     return self._dataset[1]
 
+  @staticmethod
+  def _live(dirs: Sequence[str], who: dict[str, Any]) -> Callable[[int, History], None]:
+    """Each new epoch row on disk at once: epochs.csv and the status's latest epoch.
+
+    The whole file is replaced (atomically) rather than appended to: a reader never sees
+    a half-written row, and after a resume the rows past the checkpoint are gone.
+    """
+    def write(member: int, history: History) -> None:
+      store.write_atomic(os.path.join(dirs[member], "epochs.csv"), history.epochs_csv())
+      store.set_status(dirs[member], "running", epoch=history.num_epochs, **who)
+    return write
+
   def _train(self, group: Sequence[Planned]) -> None:
     """Train one point, or a population, and write each member's folder."""
     from sgdlab.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
@@ -237,7 +250,8 @@ class Sweep:
     try:
       dataset = self._data(group[0].resolved.config.data)
       run = run_lib.create_run([p.resolved for p in group], dataset, self.mesh)
-      histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir)
+      histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir,
+                                on_epoch=self._live(dirs, who) if self.writer else None)
       outcomes = []
       for point_dir, history in zip(dirs, histories):
         if self.writer:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -59,9 +59,15 @@ def chunks(n: int, size: int, *, binary: bool = True) -> list[int]:
 
 
 def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequence[int] = (),
-             target: Target | None = None, max_steps: int | None = None) -> list[History]:
+             target: Target | None = None, max_steps: int | None = None,
+             on_epoch: Callable[[int, History], None] | None = None) -> list[History]:
   """Train every member of `run` to its last epoch, its divergence, its target or
-  max_steps; one History per member, with its final state in `History.state`."""
+  max_steps; one History per member, with its final state in `History.state`.
+
+  on_epoch(member, history) is called whenever a member's history gains an epoch row,
+  and once per member after a resume (its history is then the checkpoint's): live
+  results that never run ahead of what a resumed run will reproduce.
+  """
   program, members = run.program, run.members
   config = members[0].config
   steps_per_epoch, per_call = program.steps_per_epoch, program.steps_per_call
@@ -80,6 +86,9 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
         checkpoint_lib.resume_history(history, saved, ema)
       logging.info("%s | resumed from the checkpoint at epoch %d", histories[0].name,
                    first_epoch)
+      for m, history in enumerate(histories):
+        if on_epoch is not None:
+          on_epoch(m, history)
   live = [m for m, h in enumerate(histories) if not h.diverged and h.reached is None]
   evals = sorted(set(int(t) for t in eval_steps))
   eval_set = set(evals)
@@ -128,6 +137,8 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
                      program.member(step_metrics, m),
                      program.member(test, m),
                      wall=wall, n_train=members[m].spec.n_train, ema=emas[m])
+        if on_epoch is not None:
+          on_epoch(m, histories[m])
       if program.population:
         logging.info("population of %d | epoch %d/%d | %d going on | %.2fs %.0f member-ex/s",
                      len(members), epoch + 1, config.num_epochs, len(going_on), wall,

@@ -1,5 +1,6 @@
 """Checkpoints: a resumed run ends bitwise equal to an uninterrupted one, even after kill -9."""
 
+import csv
 import glob
 import logging
 import os
@@ -16,8 +17,10 @@ import pytest
 
 import conftest
 from conftest import subprocess_env
+from sgdlab import config as config_lib, data
+from sgdlab.results import summary
 from sgdlab.sweep import store
-from sgdlab.train import api as trainer
+from sgdlab.train import api as trainer, loop, run as run_lib
 
 TIMING_KEYS = ("wall_time", "examples_per_sec")
 
@@ -56,6 +59,20 @@ def test_resume_from_a_checkpoint_is_bitwise_equal(mesh1, tmp_path, plain):
   resumed = trainer.train(tiny_config(), mesh=mesh1, checkpoint_dir=ckpt)
   assert_same_run(plain, resumed)
   assert resumed.epochs["wall_time"][:3] == full.epochs["wall_time"][:3]  # restored, not rerun
+
+
+def test_live_rows_after_a_resume_are_the_checkpoints_then_grow_again(mesh1, tmp_path):
+  ckpt, seen = str(tmp_path / "ckpt"), []
+  config = tiny_config()
+  run = run_lib.create_run(config_lib.resolve(config, n_devices=1), data.load(config.data),
+                           mesh1)
+  record = lambda member, history: seen.append(history.num_epochs)
+  loop.run_loop(run, checkpoint_dir=ckpt, on_epoch=record)
+  assert seen == [1, 2, 3, 4]
+  shutil.rmtree(os.path.join(ckpt, "4"))  # killed after epoch 4's row, before its save
+  seen.clear()
+  loop.run_loop(run, checkpoint_dir=ckpt, on_epoch=record)
+  assert seen == [3, 4]  # epoch 4's row is dropped at the resume, then written again
 
 
 def test_resume_keeps_optimizer_state_types_and_the_noise_ema(mesh1, tmp_path):
@@ -141,8 +158,9 @@ def _finished_checkpoints(workdir):
           if os.path.basename(d).isdigit()]
 
 
-def _run_killed(tmp_path, workdir, kill_when):
-  """Start the launcher, kill -9 it once kill_when() holds, then run it again to the end."""
+def _run_killed(tmp_path, workdir, kill_when, after_kill=lambda: None):
+  """Start the launcher, kill -9 it once kill_when() holds, call after_kill(), then run
+  it again to the end."""
   cmd = _launch_cmd(tmp_path, workdir)
   proc = subprocess.Popen(cmd, env=subprocess_env(1), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -154,6 +172,7 @@ def _run_killed(tmp_path, workdir, kill_when):
   proc.wait()
   for point in glob.glob(os.path.join(workdir, "*", "")):  # none if killed before training
     assert store.status(point)["status"] == "running"
+  after_kill()
   again = subprocess.run(cmd, env=subprocess_env(1), capture_output=True, text=True,
                          timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -176,11 +195,37 @@ def _assert_point_equals(point, reference):
   assert store.status(point)["status"] == "done"
 
 
-def test_kill_9_after_the_first_checkpoint_then_rerun_is_bitwise_equal(tmp_path, mesh1):
+def _rows(workdir):
+  """The epoch rows on disk now: epochs.csv of the (one) point, without its header."""
+  files = glob.glob(os.path.join(workdir, "*", "epochs.csv"))
+  if not files:
+    return []
+  with open(files[0]) as f:
+    return list(csv.DictReader(f))
+
+
+def test_kill_9_after_two_epochs_leaves_their_rows_then_rerun_is_bitwise_equal(tmp_path,
+                                                                               mesh1):
   workdir = tmp_path / "killed"
-  point, log = _run_killed(tmp_path, workdir, lambda: _finished_checkpoints(workdir))
+  seen, listed = [], []
+
+  def after_kill():
+    seen.extend(_rows(workdir))
+    listed.extend(summary.read_store(str(workdir)).unfinished)  # what sgdlab.report shows
+
+  point, log = _run_killed(tmp_path, workdir, lambda: len(_rows(workdir)) >= 2, after_kill)
   assert "resumed from the checkpoint at epoch" in log
-  _assert_point_equals(point, _reference(tmp_path, mesh1))
+  reference = _reference(tmp_path, mesh1)
+  # Every epoch's row reached the point's folder as soon as it existed, with the values
+  # of the uninterrupted run, and the killed run's status said how far it got.
+  assert len(seen) >= 2
+  # The status follows the rows within one write: a kill may fall between the two.
+  assert [state for _, state in listed] in ([f"running, epoch {n} written"]
+                                            for n in (len(seen), len(seen) - 1))
+  for i, row in enumerate(seen):
+    assert int(row["epoch"]) == i + 1
+    assert float(row["test_loss"]) == pytest.approx(reference.epochs["test_loss"][i], rel=1e-6)
+  _assert_point_equals(point, reference)
 
 
 @pytest.mark.slow
