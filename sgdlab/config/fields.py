@@ -16,9 +16,9 @@ from sgdlab.errors import ConfigError
 LABEL_FIELDS = ("name", "sweep")
 # The fields population members may differ in: numbers the train step reads from its state.
 MEMBER_FIELDS = ("learning_rate", "lr_decay", "seed")
-# Fields that do not change a run's results: point ids and stored configs ignore them.
 # Fields that hold an int or "auto".
 AUTO_FIELDS = ("batch_size", "microbatch_size")
+# Fields that do not change a run's results: point ids and stored configs ignore them.
 NON_RESULT_FIELDS = LABEL_FIELDS + ("checkpoint_every_epochs", "population", "steps_per_call")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from absl import logging
 from jax.sharding import Mesh
 
-from sgdlab.config import Resolved
+from sgdlab.config import Resolved, flatten, to_dict
 from sgdlab.memory import plan
 from sgdlab.memory.budget import device_budget
 from sgdlab.memory.search import find_batch_size
@@ -52,6 +52,5 @@ DECIDED_FIELDS = ("batch_size", "microbatch_size", "dtype", "model.remat")
 def decided_fields(resolved: Resolved) -> dict[str, Any]:
   """The fields the "auto" searches decide, as resolved holds them: what runs that share
   every other field (population members, sweep points) take over instead of searching."""
-  c = resolved.config
-  return dict(batch_size=c.batch_size, microbatch_size=c.microbatch_size, dtype=c.dtype,
-              **{"model.remat": c.model.remat})
+  fields = flatten(to_dict(resolved.config))
+  return {name: fields[name] for name in DECIDED_FIELDS}

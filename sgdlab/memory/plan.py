@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from sgdlab.config import Resolved
+from sgdlab.config.resolve import DTYPES as config_dtypes
 from sgdlab.errors import ConfigError
 from sgdlab.memory.budget import Budget, device_budget
 from sgdlab.memory.estimator import Estimator, batch_struct
@@ -44,7 +45,7 @@ from sgdlab.memory.units import format_bytes
 from sgdlab.train import step
 from sgdlab.train.run import build_program, replicated_structs
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = tuple(d for d in config_dtypes if d != "auto")  # what dtype="auto" searches
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,8 +90,6 @@ def bytes_vs_k_figure(reports: Sequence, path: str | os.PathLike | None = None):
   return _save(fig, path)
 
 
-
-
 def plan_figure(report, path: str | os.PathLike | None = None):
   """Per-device bytes of each fixed-k plan compiled, by micro-batch, one line per
   (remat, dtype), with the budget; the chosen plan circled."""

@@ -86,8 +86,8 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
         checkpoint_lib.resume_history(history, saved, ema)
       logging.info("%s | resumed from the checkpoint at epoch %d", histories[0].name,
                    first_epoch)
-      for m, history in enumerate(histories):
-        if on_epoch is not None:
+      if on_epoch is not None:
+        for m, history in enumerate(histories):
           on_epoch(m, history)
   live = [m for m, h in enumerate(histories) if not h.diverged and h.reached is None]
   evals = sorted(set(int(t) for t in eval_steps))
