@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from sgdlab.data import sources
+from sgdlab.data import sources, stream
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
 
@@ -34,6 +34,10 @@ def default_config() -> ml_collections.ConfigDict:
       synthetic_num_classes=10,
       synthetic_seed=0,
       synthetic_label_noise=0.0,  # fraction of training labels set to a wrong class
+      pipeline="device",  # "device": resident arrays; "grain": streamed from disk
+      cache_dir="",  # grain: where in-memory sets are cached as .npy; "" = ~/.cache/sgdlab
+      read_threads=4,  # grain: threads reading batches
+      prefetch=4,  # grain: batches read ahead
   ))
 
 
@@ -44,6 +48,7 @@ def describe(cfg: ml_collections.ConfigDict) -> DataSpec:
   """
   if cfg.name not in DATASETS:
     raise ConfigError("data.name", cfg.name, f"one of {list(DATASETS)}")
+  stream.check(cfg)
   if cfg.dir and cfg.name != "mnist":
     raise ConfigError("data.dir", cfg.dir, "empty unless data.name is 'mnist'")
   if not isinstance(cfg.image_size, int) or cfg.image_size < 0:

@@ -67,3 +67,43 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree.map(put, tree)
+
+
+def process_columns(mesh: Mesh, axis: str, k: int) -> slice:
+  """The columns of a global batch of k that this process's devices hold (all of them in
+  a single-process run): what a streaming process reads."""
+  spans = NamedSharding(mesh, P(axis)).addressable_devices_indices_map((k,)).values()
+  starts = [s[0].start or 0 for s in spans]
+  stops = [k if s[0].stop is None else s[0].stop for s in spans]
+  lo, hi = min(starts), max(stops)
+  if sum(b - a for a, b in set(zip(starts, stops))) != hi - lo:
+    raise ValueError(f"this process's devices hold no contiguous part of the batch: {spans}")
+  return slice(lo, hi)
+
+
+def place_batches(host: dict[str, np.ndarray], mesh: Mesh, axis: str, k: int) -> Feed:
+  """Streamed batches (x, y [P?, steps, k_local, ...], mask [steps, k_local]) as global
+  arrays split over the mesh axis along k, from this process's columns."""
+  def put(x, lead):
+    spec = P(*([None] * lead), axis)
+    sharding = NamedSharding(mesh, spec)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    shape = (*x.shape[:lead], k, *x.shape[lead + 1:])
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+
+  lead = host["y"].ndim - 1  # the steps axis, after the members axis of a population
+  return dict(x=put(host["x"], lead), y=put(host["y"], lead), mask=put(host["mask"], 1))
+
+
+def sum_batches(add: Any, params: Any, batches: Any, mesh: Mesh, axis: str, k: int, *,
+                members: int = 0) -> dict[str, jax.Array]:
+  """Loss and accuracy of a streamed evaluation: `totals = add(params, totals, batch)`
+  over host batches of k (a population's totals per member)."""
+  zeros = np.zeros((members,) if members else (), np.float32)
+  totals = replicate(dict(loss_sum=zeros, correct=zeros, count=zeros), mesh)
+  for batch in batches:
+    placed = place_batches({key: v[None] for key, v in batch.items()}, mesh, axis, k)
+    totals = add(params, totals, {key: v[0] for key, v in placed.items()})
+  return dict(loss=totals["loss_sum"] / totals["count"],
+              accuracy=totals["correct"] / totals["count"])

@@ -198,7 +198,8 @@ class Estimator:
     self.state_bytes = _nbytes(self.abstract_state)
     self.param_bytes = _nbytes(self.abstract_state.params)
     example = math.prod(self.spec.input_shape) * 4 + 4  # float32 pixels, int32 label
-    self.data_bytes = (self.spec.n_train + self.spec.n_test) * example
+    self.streamed = self.config.data.pipeline == "grain"  # batches only, no resident set
+    self.data_bytes = 0 if self.streamed else (self.spec.n_train + self.spec.n_test) * example
     self.eval_k = (-(-min(self.config.eval_batch_size, self.spec.n_test) // mesh.size)
                    * mesh.size)
     self._eval: Compiled | None = eval_from.eval_step() if eval_from else None
@@ -282,6 +283,8 @@ class Estimator:
 
   def trainer_total(self, k: int) -> int:
     """Bytes of what the trainer actually compiles at k: its advance scan, then evaluation."""
+    if self.streamed:
+      return self._streamed_trainer_total(k)
     rep = NamedSharding(self.mesh, P())
     n, m, shape = self.spec.n_train, self.spec.n_test, self.spec.input_shape
     train_data = (_struct((n, *shape), jnp.float32, rep), _struct((n,), jnp.int32, rep))
@@ -302,4 +305,14 @@ class Estimator:
         self.epochs[k].total + _nbytes(test_data),
         self._evaluate.total + _nbytes(train_data) + self.state_bytes - self.param_bytes))
 
-
+  def _streamed_trainer_total(self, k: int) -> int:
+    """The grain pipeline's trainer: one call's batches arrive as arguments (the next
+    call's are placed while it runs: twice), evaluation a batch at a time."""
+    if k not in self.epochs:
+      self.compiles += 1
+      program = self.program(k)
+      feed = program.feed_structs(program.steps_per_call)
+      compiled = compile_memory(program.advance_fn(), self.abstract_state, feed, cpu=self.cpu)
+      next_feed = _nbytes(feed) // self.mesh.size  # per device: the feed is split along k
+      self.epochs[k] = dataclasses.replace(compiled, argument=compiled.argument + next_feed)
+    return self.with_reserve(max(self.epochs[k].total, self.eval_bytes()))

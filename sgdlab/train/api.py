@@ -29,7 +29,8 @@ def prepare(config: ml_collections.ConfigDict | Resolved, mesh: Mesh,
     resolved = config_lib.resolve(config, n_devices=mesh.size,
                                   spec=None if dataset is None else dataset.spec())
   resolved = auto.resolve_plan(auto.resolve_batch_size(resolved, mesh), mesh)
-  dataset = data.load(resolved.config.data) if dataset is None else dataset
+  if dataset is None and resolved.config.data.pipeline == "device":  # grain streams it
+    dataset = data.load(resolved.config.data)
   return resolved, dataset
 
 

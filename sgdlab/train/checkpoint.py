@@ -1,9 +1,10 @@
 """Checkpoints inside one run, so a killed run continues exactly where it stopped.
 
-A checkpoint at epoch e holds two items (orbax-checkpoint):
+A checkpoint at epoch e holds two items (orbax-checkpoint), three when streamed:
   state  the TrainState (params, optimizer state, step, hyperparameters, dropout rng),
          stacked over the members of a population
   host   each member's History columns so far (per-epoch rows and per-step lists)
+  data   the grain pipeline's iterator state (`sgdlab.data.stream.Stream`)
 That is all a run needs: the batch order is a function of (seed, epoch) and dropout of
 (rng, step, device), and the noise-scale EMA is rebuilt by replaying the per-step
 estimates in `host` through `noise.NoiseEMA`. A resumed run (or population) therefore
@@ -75,17 +76,22 @@ class Checkpointer:
     """Save after this epoch? Every N epochs, and always after the last one."""
     return epochs_done % self.every_epochs == 0 or epochs_done == num_epochs
 
-  def save(self, epochs_done: int, state: Any, histories: Sequence[History]) -> None:
+  def save(self, epochs_done: int, state: Any, histories: Sequence[History],
+           data: Any = None) -> None:
+    """`data`: a stream (`sgdlab.data.stream.Stream`) whose iterator state is saved too."""
     host = dict(format=FORMAT, epoch=epochs_done,
                 members=[dict(epochs=h.epochs, steps=h.steps, evals=h.evals, diverged=h.diverged,
                               reached=h.reached) for h in histories])
-    self._manager.save(epochs_done, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
+    items = dict(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
+    if data is not None:
+      items["data"] = _grain_args().CheckpointSave(data.iterator)
+    self._manager.save(epochs_done, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
     logging.info("%s | checkpoint at epoch %d", histories[0].name, epochs_done)
 
-  def restore(self, like: Any) -> Restored | None:
+  def restore(self, like: Any, data: Any = None) -> Restored | None:
     """The newest readable checkpoint, placed like the arrays of `like`; None if none is.
+    A stream given as `data` is set to the checkpoint's iterator state.
 
     `like` is a TrainState with the run's shapes, dtypes and shardings (the initial
     state); restoring against it keeps optax's state types, which a target-less restore
@@ -96,8 +102,10 @@ class Checkpointer:
     tried = []
     for epoch in sorted(self._manager.all_steps(), reverse=True):
       try:
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), host=ocp.args.JsonRestore()))
+        items = dict(state=ocp.args.StandardRestore(target), host=ocp.args.JsonRestore())
+        if data is not None:
+          items["data"] = _grain_args().CheckpointRestore(data.iterator)
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(**items))
         host = restored.host
         _check_host(host, epoch)
       except Exception as e:  # any fault in a checkpoint means: try the one before it
@@ -152,6 +160,11 @@ def _check_host(host: Any, epoch: int) -> None:
     if (host.get("epoch") != epoch or len(rows) > epoch or (len(rows) < epoch and not stopped)
         or not isinstance(saved.get("steps"), dict)):
       raise ValueError(f"host item describes {len(rows)} epochs, expected {epoch}")
+
+
+def _grain_args() -> Any:
+  import grain  # pylint: disable=g-import-not-at-top
+  return grain.checkpoint
 
 
 def _first_line(e: BaseException) -> str:

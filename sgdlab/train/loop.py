@@ -26,7 +26,6 @@ from sgdlab.config import to_dict
 from sgdlab.results import diagnostics
 from sgdlab.results.history import History
 from sgdlab.train import checkpoint as checkpoint_lib
-from sgdlab.train import run as run_lib
 from sgdlab.train.run import Run
 
 
@@ -79,7 +78,7 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
   saver = None
   if checkpoint_dir and config.checkpoint_every_epochs:
     saver = checkpoint_lib.Checkpointer(checkpoint_dir, config.checkpoint_every_epochs)
-    restored = saver.restore(state)
+    restored = saver.restore(state, run.stream)
     if restored is not None:
       state, first_epoch = restored.state, restored.epoch
       for history, saved, ema in zip(histories, restored.members, emas):
@@ -99,10 +98,10 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
     stops = sorted({t - first_step for t in evals if 0 < t - first_step < end} | {end})
     steps_before = _per_member(state.step, len(members))
     started = list(live)
-    feed, pos, parts = run.plan(epoch), 0, []
+    pos, parts = 0, []
     for stop in stops:
       for n in chunks(stop - pos, per_call, binary=bool(evals)):
-        state, metrics = run.advance(state, run_lib.slice_feed(feed, pos, n))
+        state, metrics = run.advance(state, run.feed(epoch, pos, n))
         parts.append(metrics)
         pos += n
         if run.block_each_call:
@@ -149,7 +148,7 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
                                 test=test)
     live = going_on
     if saver is not None and pos == steps_per_epoch and saver.due(epoch + 1, config.num_epochs):
-      saver.save(epoch + 1, state, histories)
+      saver.save(epoch + 1, state, histories, run.stream)
     if not live or (max_steps is not None and first_step + pos >= max_steps):
       break
   if saver is not None:

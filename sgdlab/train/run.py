@@ -10,11 +10,12 @@ A Program serves 1..P members: runs that differ only in learning_rate, lr_decay 
 the members' stacked states and their own batch orders, the data shared; with P = 1
 nothing is vmapped.
 
-The loop advances training through one program, `advance(state, x, y, feed) ->
-(state, metrics)`, that scans the step over the feed's leading axis: a whole epoch in
+The loop advances training through one program, `advance(state, [x, y,] feed) ->
+(state, metrics)`, that scans the step over the feed's steps axis: a whole epoch in
 one scan by default, or `config.steps_per_call` steps per call where per-step dispatch
-is faster. The feed is the data source's description of those steps' batches (for the
-device-resident source, indices into the placed arrays).
+is faster. The feed describes those steps' batches: with the device pipeline, indices
+into the placed arrays x and y; with the grain pipeline (`sgdlab.data.stream`), the
+batches themselves, read from disk in the same order.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sgdlab import models, optim
 from sgdlab.config import Resolved
-from sgdlab.data import Dataset, pipeline
+from sgdlab import data as data_lib
+from sgdlab.data import Dataset, pipeline, stream
 from sgdlab.train import step
 
 
@@ -64,9 +66,29 @@ class Program:
     return self.first.steps_per_epoch
 
   @property
+  def streamed(self) -> bool:
+    """Batches come from the grain pipeline (not gathered from placed arrays)."""
+    return self.first.config.data.pipeline == "grain"
+
+  @property
   def steps_per_call(self) -> int:
-    """Steps each advance call runs: config.steps_per_call, or the whole epoch."""
-    return min(self.first.config.steps_per_call or self.steps_per_epoch, self.steps_per_epoch)
+    """Steps each advance call runs: config.steps_per_call, or the whole epoch (one
+    step when streamed: a call's batches are on the device at once)."""
+    default = 1 if self.streamed else self.steps_per_epoch
+    return min(self.first.config.steps_per_call or default, self.steps_per_epoch)
+
+  def feed_structs(self, steps: int) -> pipeline.Feed:
+    """The abstract feed of `steps` steps, placed as the trainer places it."""
+    k, shape = self.first.batch_size, tuple(self.first.spec.input_shape)
+    struct = lambda shape, dtype, *spec: jax.ShapeDtypeStruct(  # noqa: E731
+        shape, dtype, sharding=NamedSharding(self.mesh, P(*spec)))
+    if not self.streamed:
+      return dict(idx=struct((steps, k), jnp.int32), mask=struct((steps, k), jnp.float32))
+    lead = (self.size,) if self.population else ()
+    spec = [None] * (len(lead) + 1) + [step.DATA]
+    return dict(x=struct((*lead, steps, k, *shape), jnp.float32, *spec),
+                y=struct((*lead, steps, k), jnp.int32, *spec),
+                mask=struct((steps, k), jnp.float32, None, step.DATA))
 
   def member(self, tree: Any, i: int) -> Any:
     """Member i's part of a tree the programs return (the tree itself when P = 1)."""
@@ -106,7 +128,8 @@ class Program:
 
   def advance_fn(self, checked: bool = False) -> Callable[..., Any]:
     """Jitted `advance(state, x, y, feed) -> (state, per-step metrics, finite)`: the
-    train step scanned over the feed's steps, batches gathered on device.
+    train step scanned over the feed's steps, batches gathered on device; when
+    streamed, `advance(state, feed)` with the batches in the feed.
 
     `finite` says every floating-point element of the new state (all members) is
     finite. The fast step (checked=False) checks only the loss per step; if finite is
@@ -118,19 +141,25 @@ class Program:
     batch_sharding = NamedSharding(self.mesh, P(step.DATA))
     train_step = self.checked_step if checked else self.train_step
 
-    def advance(state, x, y, feed):
+    streamed = self.streamed
+
+    def advance(state, *data):
+      *arrays, feed = data
+
       def body(state, feed_step):
-        batch = pipeline.gather(x, y, feed_step)
+        batch = dict(feed_step) if streamed else pipeline.gather(*arrays, feed_step)
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return train_step(state, batch)
 
       return jax.lax.scan(body, state, feed)
 
     if self.population:
-      advance = jax.vmap(advance, in_axes=(0, None, None, dict(idx=0, mask=None)))
+      axes = (0, dict(x=0, y=0, mask=None)) if streamed else (
+          0, None, None, dict(idx=0, mask=None))
+      advance = jax.vmap(advance, in_axes=axes)
 
-    def advance_and_check(state, x, y, feed):
-      state, metrics = advance(state, x, y, feed)
+    def advance_and_check(state, *data):
+      state, metrics = advance(state, *data)
       return state, metrics, step.all_finite((state.params, state.opt_state))
 
     return jax.jit(advance_and_check)
@@ -159,6 +188,20 @@ class Program:
     if self.population:
       evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
     return jax.jit(evaluate)
+
+  def eval_batch_fn(self) -> Callable[[Any, Any, pipeline.Feed], Any]:
+    """Jitted `totals = add(params, totals, batch)`: one streamed evaluation batch, summed
+    into the totals as the resident scan sums them."""
+    batch_sharding = NamedSharding(self.mesh, P(step.DATA))
+    eval_step = self.eval_step
+
+    def add(params, totals, batch):
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return jax.tree.map(jnp.add, totals, eval_step(params, batch))
+
+    if self.population:
+      add = jax.vmap(add, in_axes=(0, 0, None))
+    return jax.jit(add)
 
 
 def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = None) -> Program:
@@ -190,10 +233,13 @@ class Run:
   """A Program with its dataset placed on the devices, and its programs compiled."""
 
   program: Program
-  dataset: Dataset
+  dataset: Dataset | None  # None when streamed
   arrays: dict[str, jax.Array]  # x_train, y_train, x_test, y_test on every device
   data_keys: jax.Array
   compile_time: float = 0.0
+  stream: stream.Stream | None = None  # the grain pipeline's training batches
+  sources: dict[str, stream.ArraySource] = dataclasses.field(default_factory=dict)
+  _epoch_plan: tuple[int, pipeline.Feed] | None = dataclasses.field(default=None, repr=False)
   _advance: dict = dataclasses.field(default_factory=dict, repr=False)
   _evaluate: dict = dataclasses.field(default_factory=dict, repr=False)
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -212,7 +258,30 @@ class Run:
     return pipeline.replicate(self.program.init_state(), self.program.mesh)
 
   def plan(self, epoch: int) -> pipeline.Feed:
+    """The epoch's batch plan (idx, mask), on the devices: both pipelines' order."""
     return self._jitted["plan"](self.data_keys, jnp.int32(epoch))
+
+  def host_plan(self, epoch: int) -> tuple:
+    """The plan on the host, for the grain pipeline to read by."""
+    feed = jax.device_get(self.plan(epoch))
+    return feed["idx"], feed["mask"]
+
+  def feed(self, epoch: int, start: int, n: int) -> pipeline.Feed:
+    """Steps [start, start + n) of an epoch, as `advance` takes them."""
+    if self.stream is None:
+      if self._epoch_plan is None or self._epoch_plan[0] != epoch:
+        self._epoch_plan = (epoch, self.plan(epoch))
+      return slice_feed(self._epoch_plan[1], start, n)
+    at = epoch * self.program.steps_per_epoch + start
+    if self.stream.position != at:
+      self.stream.seek(at)
+    return pipeline.place_batches(self.stream.take(n), self.program.mesh, step.DATA,
+                                  self.program.first.batch_size)
+
+  def _data_args(self, feed: pipeline.Feed) -> tuple:
+    if self.program.streamed:
+      return (feed,)
+    return self.arrays["x_train"], self.arrays["y_train"], feed
 
   def compile(self, state: step.TrainState, feed: pipeline.Feed, checked: bool = False) -> Any:
     """The advance program for this many steps (compiled once per length); the checked
@@ -222,14 +291,14 @@ class Run:
       if checked and "checked" not in self._jitted:
         self._jitted["checked"] = self.program.advance_fn(checked=True)
       self._advance[key] = self._jitted["checked" if checked else "advance"].lower(
-          state, self.arrays["x_train"], self.arrays["y_train"], feed).compile()
+          state, *self._data_args(feed)).compile()
     return self._advance[key]
 
   def advance(self, state: step.TrainState, feed: pipeline.Feed
               ) -> tuple[step.TrainState, step.Metrics]:
     """Train on the feed's steps. A call whose new state is not finite is run again
     from `state` with every gradient checked, so it stops at the exact step."""
-    args = (self.arrays["x_train"], self.arrays["y_train"], feed)
+    args = self._data_args(feed)
     new_state, metrics, finite = self.compile(state, feed)(state, *args)
     if not bool(finite):
       new_state, metrics, _ = self.compile(state, feed, checked=True)(state, *args)
@@ -237,37 +306,75 @@ class Run:
 
   def evaluate(self, params: Any, split: str = "test") -> step.Metrics:
     """Loss and accuracy of params over a whole split ("test" or "train")."""
+    if self.program.streamed:
+      return self._evaluate_streamed(params, split)
     x, y = self.arrays[f"x_{split}"], self.arrays[f"y_{split}"]
     if split not in self._evaluate:
       self._evaluate[split] = self._jitted["evaluate"].lower(params, x, y).compile()
     return self._evaluate[split](params, x, y)
 
+  def _evaluate_streamed(self, params: Any, split: str) -> step.Metrics:
+    program, source = self.program, self.sources[split]
+    mesh, data_cfg = program.mesh, program.first.config.data
+    k = -(-min(program.first.config.eval_batch_size, len(source)) // mesh.size) * mesh.size
+    batches = stream.eval_batches(source, k, pipeline.process_columns(mesh, step.DATA, k),
+                                  read_threads=data_cfg.read_threads, prefetch=data_cfg.prefetch)
+    add = self._jitted.setdefault("eval_batch", program.eval_batch_fn())
+    return pipeline.sum_batches(add, params, batches, mesh, step.DATA, k,
+                                members=program.size if program.population else 0)
+
   def for_members(self, members: Sequence[Resolved]) -> Run:
     """The same compiled run for other members (other learning rates, seeds)."""
     program = dataclasses.replace(self.program, members=tuple(members))
-    return dataclasses.replace(self, program=program,
-                               data_keys=pipeline.replicate(program.data_keys(), program.mesh))
+    run = dataclasses.replace(self, program=program, _epoch_plan=None,
+                              data_keys=pipeline.replicate(program.data_keys(), program.mesh))
+    if program.streamed:  # the members' own batch orders
+      _open_streams(run)
+    return run
 
 
-def create_run(members: Resolved | Sequence[Resolved], dataset: Dataset,
+def create_run(members: Resolved | Sequence[Resolved], dataset: Dataset | None = None,
                mesh: Mesh | None = None, *, compile_now: bool = True) -> Run:
-  """Build the Program, place the dataset and keys, and compile the epoch's programs
-  (compile_now=False: on first use, for runs that take a few steps only)."""
+  """Build the Program, place the dataset (or open its streams) and keys, and compile the
+  epoch's programs (compile_now=False: on first use, for runs that take a few steps
+  only). Without a dataset the device pipeline loads `config.data`."""
   program = build_program(members, mesh)
-  arrays = pipeline.replicate(dict(x_train=dataset.x_train, y_train=dataset.y_train,
-                                   x_test=dataset.x_test, y_test=dataset.y_test), program.mesh)
-  run = Run(program, dataset, arrays, pipeline.replicate(program.data_keys(), program.mesh))
+  keys = pipeline.replicate(program.data_keys(), program.mesh)
+  if program.streamed:
+    run = Run(program, None, {}, keys)
+    _open_streams(run)
+  else:
+    if dataset is None:
+      dataset = data_lib.load(program.first.config.data)
+    arrays = pipeline.replicate(dict(x_train=dataset.x_train, y_train=dataset.y_train,
+                                     x_test=dataset.x_test, y_test=dataset.y_test),
+                                program.mesh)
+    run = Run(program, dataset, arrays, keys)
   run._jitted.update(plan=program.plan_fn(), advance=program.advance_fn(),
                      evaluate=program.evaluate_fn())
   if not compile_now:
     return run
   t0 = time.perf_counter()
   state = replicated_structs(program.abstract_state(), program.mesh)
-  run.compile(state, slice_feed(run.plan(0), 0, program.steps_per_call))
-  run._evaluate["test"] = run._jitted["evaluate"].lower(
-      state.params, arrays["x_test"], arrays["y_test"]).compile()
+  run.compile(state, program.feed_structs(program.steps_per_call))
+  if not program.streamed:
+    run._evaluate["test"] = run._jitted["evaluate"].lower(
+        state.params, run.arrays["x_test"], run.arrays["y_test"]).compile()
   run.compile_time = time.perf_counter() - t0
   return run
+
+
+def _open_streams(run: Run) -> None:
+  """The grain pipeline's sources (train, test) and the training stream, read by plan."""
+  program = run.program
+  c = program.first.config
+  run.sources.update(train=stream.open_split(c.data, "train"),
+                     test=stream.open_split(c.data, "test"))
+  run.stream = stream.Stream(
+      run.sources["train"], run.host_plan, steps_per_epoch=program.steps_per_epoch,
+      num_epochs=c.num_epochs, population=program.population,
+      columns=pipeline.process_columns(program.mesh, step.DATA, program.first.batch_size),
+      read_threads=c.data.read_threads, prefetch=c.data.prefetch)
 
 
 def slice_feed(feed: pipeline.Feed, start: int, n: int) -> pipeline.Feed:

@@ -140,16 +140,16 @@ KILLABLE = textwrap.dedent('''
 ''')
 
 
-def _launch_cmd(tmp_path, workdir):
+def _launch_cmd(tmp_path, workdir, text=KILLABLE):
   config = tmp_path / "killable.py"
-  config.write_text(KILLABLE)
+  config.write_text(text)
   return [sys.executable, "-m", "sgdlab.launch", f"--config={config}", f"--workdir={workdir}"]
 
 
-def _reference(tmp_path, mesh1):
+def _reference(tmp_path, mesh1, text=KILLABLE):
   """The uninterrupted run, trained in this process on one device."""
   namespace = {}
-  exec(KILLABLE, namespace)  # noqa: S102 - the test's own config text
+  exec(text, namespace)  # noqa: S102 - the test's own config text
   return trainer.train(namespace["get_config"](), mesh=mesh1)
 
 
@@ -158,10 +158,10 @@ def _finished_checkpoints(workdir):
           if os.path.basename(d).isdigit()]
 
 
-def _run_killed(tmp_path, workdir, kill_when, after_kill=lambda: None):
+def _run_killed(tmp_path, workdir, kill_when, after_kill=lambda: None, text=KILLABLE):
   """Start the launcher, kill -9 it once kill_when() holds, call after_kill(), then run
   it again to the end."""
-  cmd = _launch_cmd(tmp_path, workdir)
+  cmd = _launch_cmd(tmp_path, workdir, text)
   proc = subprocess.Popen(cmd, env=subprocess_env(1), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 240
@@ -226,6 +226,19 @@ def test_kill_9_after_two_epochs_leaves_their_rows_then_rerun_is_bitwise_equal(t
     assert int(row["epoch"]) == i + 1
     assert float(row["test_loss"]) == pytest.approx(reference.epochs["test_loss"][i], rel=1e-6)
   _assert_point_equals(point, reference)
+
+
+def test_kill_9_mid_run_with_the_grain_pipeline_then_rerun_is_bitwise_equal(tmp_path, mesh1):
+  """The resumed stream starts where the checkpoint's iterator state says: the batches,
+  and so every bit, of the uninterrupted grain run (itself bitwise the device run)."""
+  text = KILLABLE.replace("return c", f"c.data.pipeline = 'grain'\n"
+                          f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n  return c")
+  workdir = tmp_path / "killed"
+  point, log = _run_killed(tmp_path, workdir, lambda: len(_finished_checkpoints(workdir)) >= 2,
+                           text=text)
+  assert "resumed from the checkpoint at epoch" in log
+  assert glob.glob(str(workdir / "*" / "checkpoints")) == []  # removed once done
+  _assert_point_equals(point, _reference(tmp_path, mesh1, text))
 
 
 @pytest.mark.slow

@@ -1,0 +1,207 @@
+"""Streaming input (`data.pipeline="grain"`): batches read from disk by grain, in the
+device pipeline's order, for datasets that do not fit on a device.
+
+The order is not grain's: each epoch's batches are the rows of the same batch plan the
+device pipeline gathers from (`pipeline.batch_plan`, a function of (seed, epoch)), so
+the two pipelines feed the step the same examples, and a run's results do not depend
+on which one it used. One grain dataset covers the run's global steps; element g is
+the batch of step g, read by grain's threads ahead of the step that needs it. Its
+iterator state (the next step) goes into the run's orbax checkpoint, so a resumed run
+continues with the batch an uninterrupted one would have read.
+
+Images are read from memory maps: the IDX file itself when it is plain, otherwise a
+.npy cache written once (`data.cache_dir`), and scaled to [0, 1] per batch, exactly as
+the resident pipeline scales the whole set. In a multi-process run each process reads
+only the columns of each global batch that its own devices hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+
+from sgdlab.data import idx
+from sgdlab.data.images import to_unit
+from sgdlab.errors import ConfigError
+
+PIPELINES = ("device", "grain")
+HostPlan = Callable[[int], tuple[np.ndarray, np.ndarray]]  # epoch -> idx [P?, steps, k], mask
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """The pipeline fields; grain must be importable when asked for (ConfigError)."""
+  if cfg.pipeline not in PIPELINES:
+    raise ConfigError("data.pipeline", cfg.pipeline, f"one of {list(PIPELINES)}")
+  if cfg.pipeline == "device":
+    return
+  try:
+    import grain  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise ConfigError("data.pipeline", cfg.pipeline, "'device', or install grain "
+                      "(pip install 'sgdlab[grain]')") from None
+  for field in ("read_threads", "prefetch"):
+    if not isinstance(cfg[field], int) or cfg[field] < 1:
+      raise ConfigError(f"data.{field}", cfg[field], "a positive integer")
+  root = os.path.dirname(cache_folder(cfg))
+  existing = root
+  while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+    if os.path.exists(existing):  # a file where a folder must go
+      break
+    existing = os.path.dirname(existing)
+  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+    raise ConfigError("data.cache_dir", cfg.cache_dir or root,
+                      "a folder that can be created or written (grain caches sets there)")
+
+
+class ArraySource:
+  """Random access to one split: images (a memory map, or an array) and labels."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, scale: float,
+               image_size: int = 0):
+    self.images, self.labels = images, np.asarray(labels, np.int32)
+    self.scale, self.image_size = scale, image_size
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:  # grain's RandomAccessDataSource
+    x, y = self.batch(np.asarray([i]))
+    return dict(x=x[0], y=y[0])
+
+  def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Examples at `indices` (any shape): float32 images in [0, 1], int32 labels."""
+    flat = np.asarray(indices).reshape(-1)
+    x = to_unit(self.images[flat], self.scale, self.image_size)
+    return x.reshape(*indices.shape, *x.shape[1:]), self.labels[flat].reshape(indices.shape)
+
+
+def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """A split of `config.data` (described already) as a source read from disk."""
+  if cfg.name == "mnist" and cfg.dir:
+    found = idx.idx_headers(cfg)
+    images = idx.read_idx(found[f"{split}_images"][0], mmap=True)
+    labels = idx.read_idx(found[f"{split}_labels"][0]).astype(np.int32)
+    if not isinstance(images, np.memmap):  # gzip: decompressed once into the cache
+      images = _cached(cfg, f"{split}_images", lambda: images)
+    if split == "train" and cfg.n_train:
+      images, labels = images[:cfg.n_train], labels[:cfg.n_train]
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return ArraySource(images, labels, scale=scale, image_size=cfg.image_size)
+  # Sets that are built in memory (bundled, teacher-student) are cached as float32 once.
+  from sgdlab import data  # pylint: disable=g-import-not-at-top
+  loaded: dict[str, Any] = {}
+
+  def array(name: str) -> np.ndarray:
+    if not loaded:
+      loaded["dataset"] = data.load(cfg)
+    return getattr(loaded["dataset"], name)
+
+  images = _cached(cfg, f"x_{split}", lambda: array(f"x_{split}"))
+  labels = _cached(cfg, f"y_{split}", lambda: array(f"y_{split}"))
+  return ArraySource(images, np.asarray(labels), scale=1.0)
+
+
+def cache_folder(cfg: ml_collections.ConfigDict) -> str:
+  """One folder per data config (its fields but the pipeline's own), under cache_dir."""
+  fields = {k: v for k, v in cfg.to_dict().items()
+            if k not in ("pipeline", "cache_dir", "read_threads", "prefetch")}
+  digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+  root = cfg.cache_dir or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "sgdlab")
+  return os.path.join(root, f"{cfg.name}-{digest[:12]}")
+
+
+def _cached(cfg: ml_collections.ConfigDict, name: str,
+            make: Callable[[], np.ndarray]) -> np.ndarray:
+  """A memory map of `name` in the cache, written (atomically) on first use."""
+  folder = cache_folder(cfg)
+  path = os.path.join(folder, f"{name}.npy")
+  if not os.path.exists(path):
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        np.save(f, np.ascontiguousarray(make()))
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+  return np.load(path, mmap_mode="r")
+
+
+class Stream:
+  """The training batches of a run as one grain iterator over all its global steps.
+
+  `plan(epoch)` is the device pipeline's plan on the host; `columns` the part of every
+  global batch this process reads. Elements are dicts x [P?, k_local, ...], y, mask
+  [k_local]; `take(n)` stacks the next n along a steps axis (after the members axis).
+  """
+
+  def __init__(self, source: ArraySource, plan: HostPlan, *, steps_per_epoch: int,
+               num_epochs: int, columns: slice, population: bool, read_threads: int,
+               prefetch: int):
+    import grain  # pylint: disable=g-import-not-at-top
+    self.source, self._plan_fn, self.columns = source, plan, columns
+    self.steps_per_epoch, self.population = steps_per_epoch, population
+    self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._lock = threading.Lock()
+    dataset = grain.MapDataset.range(num_epochs * steps_per_epoch).map(self.batch)
+    self._dataset = dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=prefetch))
+    self.iterator = iter(self._dataset)
+
+  def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    with self._lock:  # grain's threads ask too; keep the plans of this and the last epoch
+      if epoch not in self._plans:
+        self._plans[epoch] = self._plan_fn(epoch)
+        for old in [e for e in self._plans if e < epoch - 1]:
+          del self._plans[old]
+      return self._plans[epoch]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """Global step `step`'s batch: this process's columns of its plan row, read."""
+    epoch, s = divmod(int(step), self.steps_per_epoch)
+    plan_idx, mask = self.plan(epoch)
+    x, y = self.source.batch(plan_idx[..., s, self.columns])
+    return dict(x=x, y=y, mask=mask[s, self.columns])
+
+  @property
+  def position(self) -> int:
+    """The global step whose batch `take` returns next."""
+    return int(self.iterator.get_state()["next_index"])
+
+  def seek(self, step: int) -> None:
+    self.iterator = iter(self._dataset)
+    self.iterator.set_state(dict(next_index=int(step)))
+
+  def take(self, n: int) -> dict[str, np.ndarray]:
+    parts = [next(self.iterator) for _ in range(n)]
+    axis = 1 if self.population else 0
+    return dict(x=np.stack([p["x"] for p in parts], axis),
+                y=np.stack([p["y"] for p in parts], axis),
+                mask=np.stack([p["mask"] for p in parts]))
+
+
+def eval_batches(source: ArraySource, k: int, columns: slice, *, read_threads: int,
+                 prefetch: int):
+  """A split in order, k examples a batch, the last padded (mask 0): an iterator."""
+  import grain  # pylint: disable=g-import-not-at-top
+  n = len(source)
+
+  def read(b: int) -> dict[str, np.ndarray]:
+    index = np.arange(b * k, (b + 1) * k)
+    mask = (index < n).astype(np.float32)
+    x, y = source.batch(np.where(index < n, index, 0)[columns])
+    return dict(x=x, y=y, mask=mask[columns])
+
+  dataset = grain.MapDataset.range(-(-n // k)).map(read)
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                        prefetch_buffer_size=prefetch)))
