@@ -12,10 +12,8 @@ nothing is vmapped.
 
 The loop advances training through one program, `advance(state, [x, y,] feed) ->
 (state, metrics)`, that scans the step over the feed's steps axis: a whole epoch in
-one scan by default, or `config.steps_per_call` steps per call where per-step dispatch
-is faster. The feed describes those steps' batches: with the device pipeline, indices
-into the placed arrays x and y; with the grain pipeline (`sgdlab.data.stream`), the
-batches themselves, read from disk in the same order.
+one scan by default, or `config.steps_per_call` steps per call. The feed holds indices
+into the placed x and y, or (grain, `sgdlab.data.stream`) the batches themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sgdlab import models, optim
@@ -74,8 +73,8 @@ class Program:
   def steps_per_call(self) -> int:
     """Steps each advance call runs: config.steps_per_call, or the whole epoch (one
     step when streamed: a call's batches are on the device at once)."""
-    default = 1 if self.streamed else self.steps_per_epoch
-    return min(self.first.config.steps_per_call or default, self.steps_per_epoch)
+    return min(self.first.config.steps_per_call or (1 if self.streamed else
+                                                      self.steps_per_epoch), self.steps_per_epoch)
 
   def feed_structs(self, steps: int) -> pipeline.Feed:
     """The abstract feed of `steps` steps, placed as the trainer places it."""
@@ -263,8 +262,7 @@ class Run:
 
   def host_plan(self, epoch: int) -> tuple:
     """The plan on the host, for the grain pipeline to read by."""
-    feed = jax.device_get(self.plan(epoch))
-    return feed["idx"], feed["mask"]
+    return tuple(jax.device_get(self.plan(epoch))[key] for key in ("idx", "mask"))
 
   def feed(self, epoch: int, start: int, n: int) -> pipeline.Feed:
     """Steps [start, start + n) of an epoch, as `advance` takes them."""
@@ -279,9 +277,8 @@ class Run:
                                   self.program.first.batch_size)
 
   def _data_args(self, feed: pipeline.Feed) -> tuple:
-    if self.program.streamed:
-      return (feed,)
-    return self.arrays["x_train"], self.arrays["y_train"], feed
+    return (feed,) if self.program.streamed else (self.arrays["x_train"],
+                                                  self.arrays["y_train"], feed)
 
   def compile(self, state: step.TrainState, feed: pipeline.Feed, checked: bool = False) -> Any:
     """The advance program for this many steps (compiled once per length); the checked
@@ -370,11 +367,14 @@ def _open_streams(run: Run) -> None:
   c = program.first.config
   run.sources.update(train=stream.open_split(c.data, "train"),
                      test=stream.open_split(c.data, "test"))
-  run.stream = stream.Stream(
-      run.sources["train"], run.host_plan, steps_per_epoch=program.steps_per_epoch,
-      num_epochs=c.num_epochs, population=program.population,
-      columns=pipeline.process_columns(program.mesh, step.DATA, program.first.batch_size),
-      read_threads=c.data.read_threads, prefetch=c.data.prefetch)
+  k, columns = program.first.batch_size, pipeline.process_columns(program.mesh, step.DATA,
+                                                                  program.first.batch_size)
+  logging.info("grain: process %d reads columns [%d, %d) of every batch of %d",
+               jax.process_index(), columns.start, columns.stop, k)
+  run.stream = stream.Stream(run.sources["train"], run.host_plan, columns=columns,
+                             steps_per_epoch=program.steps_per_epoch, num_epochs=c.num_epochs,
+                             population=program.population, read_threads=c.data.read_threads,
+                             prefetch=c.data.prefetch)
 
 
 def slice_feed(feed: pipeline.Feed, start: int, n: int) -> pipeline.Feed:

@@ -9,6 +9,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import subprocess_env
 from sgdlab.sweep import store
@@ -39,9 +40,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_metrics_of_one(tmp_path):
+@pytest.mark.parametrize("pipeline", ["device", "grain"])
+def test_two_processes_give_the_metrics_of_one(tmp_path, pipeline):
+  """With grain, each process reads only the half of every batch its device holds."""
+  text = CONFIG.replace("return c", f"c.data.pipeline = {pipeline!r}\n"
+                        f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n  return c")
   config = tmp_path / "multihost.py"
-  config.write_text(CONFIG)
+  config.write_text(text)
   workdir = tmp_path / "runs"
   port = _free_port()
   procs = [subprocess.Popen(
@@ -54,11 +59,14 @@ def test_two_processes_give_the_metrics_of_one(tmp_path):
   for i, (_, err) in enumerate(outs):
     assert f"multi-process run: process {i} of 2, 1 local of 2 devices" in err
     assert "epoch 3/3" in err  # both processes train
+    if pipeline == "grain":
+      assert f"grain: process {i} reads columns [{16 * i}, {16 * (i + 1)}) of every batch " \
+             "of 32" in err
   assert "summary:" in outs[0][1] and "summary:" not in outs[1][1]  # one writer
 
   # The same config in one process, on a mesh of two devices.
   namespace = {}
-  exec(CONFIG, namespace)  # noqa: S102 - the test's own config text
+  exec(text, namespace)  # noqa: S102 - the test's own config text
   one = trainer.train(namespace["get_config"](), mesh=step.make_mesh(jax.devices()[:2]))
   (point,) = [os.path.dirname(p) for p in glob.glob(str(workdir / "*" / "config.json"))]
   two = store.load_history(point)

@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import conftest
 
 
+@pytest.mark.slow
 def test_the_pipeline_benchmark_reports_every_setting_with_equal_parameters():
   script = os.path.join(conftest.REPO, "experiments", "benchmark_pipeline.py")
   proc = subprocess.run([sys.executable, script, "--models=mlp", "--epochs=1", "--repeats=1",
