@@ -1,4 +1,6 @@
-"""Data: datasets as host arrays (sources), and how they reach the devices (pipeline).
+"""Data: datasets as host arrays (sources), and how they reach the devices: resident on
+every device (pipeline, `data.pipeline="device"`) or streamed from disk by grain in the
+same order (stream, `"grain"`).
 
 Nothing is cached between calls, so a sweep that changes `config.data` always sees
 fresh data. `describe` answers shape questions without reading pixels,

@@ -5,7 +5,8 @@ The dataset is placed on every device once. Each epoch's order is a function of
 the padded last batch; the compiled steps gather their batches from the resident arrays
 by those indices (`gather`), so nothing crosses the host per step and a resumed run sees
 the same batches. In a multi-process run each process places the whole dataset on its
-own devices and each device gathers only its slice of every global batch.
+own devices and each device gathers only its slice of every global batch. Batches that
+are streamed instead (`sgdlab.data.stream`) are placed here too, split along k.
 """
 
 from __future__ import annotations

@@ -81,9 +81,9 @@ class Program:
     k, shape = self.first.batch_size, tuple(self.first.spec.input_shape)
     struct = lambda shape, dtype, *spec: jax.ShapeDtypeStruct(  # noqa: E731
         shape, dtype, sharding=NamedSharding(self.mesh, P(*spec)))
-    if not self.streamed:
-      return dict(idx=struct((steps, k), jnp.int32), mask=struct((steps, k), jnp.float32))
     lead = (self.size,) if self.population else ()
+    if not self.streamed:
+      return dict(idx=struct((*lead, steps, k), jnp.int32), mask=struct((steps, k), jnp.float32))
     spec = [None] * (len(lead) + 1) + [step.DATA]
     return dict(x=struct((*lead, steps, k, *shape), jnp.float32, *spec),
                 y=struct((*lead, steps, k), jnp.int32, *spec),
