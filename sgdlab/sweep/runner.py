@@ -8,7 +8,8 @@ the fixed-k plan) by compiling (`sgdlab.memory.auto`). A bad value is one Config
 Then each group of points (one point, or a population) is claimed, trained through
 `sgdlab.train` and stored; a point that diverges or crashes is recorded in its folder
 and the others still run. Running again skips finished points and resumes interrupted
-ones from their checkpoints.
+ones from their checkpoints. Every epoch reaches the point's folder (epochs.csv, status)
+and its TensorBoard run, <workdir>/tensorboard/<point id> by default, as it ends.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from absl import logging
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.errors import ConfigError, UsageError
-from sgdlab.results import summary
+from sgdlab.results import summary, tensorboard
 from sgdlab.results.history import History
-from sgdlab.sweep import claims, expand, groups, hosts, store
+from sgdlab.sweep import claims, expand, groups, hosts, progress, store
 from sgdlab.sweep.workers import Worker
 
 _POLL_SECONDS = 2.0
@@ -45,6 +46,15 @@ class Options:
   stale_after: float = 600.0  # seconds without a heartbeat before a claim is stale
   wait: bool = True  # at the end, wait for points held by other live workers
   keep_checkpoints: bool = False
+  # TensorBoard events, one folder per point id: None is <workdir>/tensorboard, "" none.
+  tensorboard_dir: str | None = None
+
+  @property
+  def log_root(self) -> str:
+    """The TensorBoard folder, or "" for none."""
+    if self.tensorboard_dir is None:
+      return os.path.join(self.workdir, "tensorboard")
+    return self.tensorboard_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,34 +130,28 @@ def prepare_workdir(workdir: str) -> None:
     raise UsageError("--workdir", workdir, f"not a writable folder ({e.strerror})") from e
 
 
-class Progress:
-  """'point i/N (worker w/n)' lines with an ETA from the points trained so far."""
-
-  def __init__(self, total: int, share: int, worker: Worker):
-    self.total, self.left, self.worker = total, share, worker
-    self.trained, self.seconds = 0, 0.0
-
-  def prefix(self, p: Planned) -> str:
-    return f"point {p.point.index + 1}/{self.total} (worker {self.worker})"
-
-  def settled(self, seconds: float | None = None) -> str:
-    """One of this worker's points is settled; seconds if it was trained here."""
-    self.left = max(self.left - 1, 0)
-    if seconds is not None:
-      self.trained += 1
-      self.seconds += seconds
-    if not self.trained:
-      return f"{self.left} left"
-    return f"{self.left} left, ETA {_duration(self.seconds / self.trained * self.left)}"
+def check_log_dir(path: str) -> None:
+  """A --tensorboard_dir that can be made and written to, checked without making anything."""
+  existing = os.path.abspath(path)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    why = f"{existing} is not a folder"
+  elif not os.access(existing, os.W_OK | os.X_OK):
+    why = f"{existing} is not writable"
+  else:
+    return
+  raise UsageError("--tensorboard_dir", path, f"not a writable folder ({why})")
 
 
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+def prepare_outputs(options: Options) -> None:
+  """The workdir made, and it and the TensorBoard folder writable (UsageError if not)."""
+  given = options.tensorboard_dir  # checked before the workdir is made; the default after
+  if given:
+    check_log_dir(given)
+  prepare_workdir(options.workdir)
+  if given is None:
+    check_log_dir(options.log_root)
 
 
 class Sweep:
@@ -157,7 +161,7 @@ class Sweep:
                mesh):
     self.options, self.mesh = options, mesh
     self.owner = claims.Owner(worker=str(options.worker))
-    self.progress = Progress(len(planned), len(mine), options.worker)
+    self.progress = progress.Progress(len(planned), len(mine), options.worker)
     self.writer = hosts.is_writer()
     self.failed: list[tuple[str, str]] = []
     self.held: list[Planned] = []
@@ -216,8 +220,10 @@ class Sweep:
     return self._dataset[1]
 
   @staticmethod
-  def _live(dirs: Sequence[str], who: dict[str, Any]) -> Callable[[int, History], None]:
-    """Each new epoch row on disk at once: epochs.csv and the status's latest epoch.
+  def _live(dirs: Sequence[str], who: dict[str, Any],
+            events: tensorboard.Events) -> Callable[[int, History], None]:
+    """Each new epoch row on disk at once: epochs.csv, the status's latest epoch and the
+    TensorBoard events (`sgdlab.results.tensorboard`).
 
     The whole file is replaced (atomically) rather than appended to: a reader never sees
     a half-written row, and after a resume the rows past the checkpoint are gone.
@@ -225,6 +231,7 @@ class Sweep:
     def write(member: int, history: History) -> None:
       store.write_atomic(os.path.join(dirs[member], "epochs.csv"), history.epochs_csv())
       store.set_status(dirs[member], "running", epoch=history.num_epochs, **who)
+      events(member, history)
     return write
 
   def _train(self, group: Sequence[Planned]) -> None:
@@ -248,10 +255,15 @@ class Sweep:
                          config_lib.to_dict(p.point.config))
         store.set_status(point_dir, "running", **who)
     try:
-      dataset = self._data(group[0].resolved.config.data)
+      data_cfg = group[0].resolved.config.data
+      dataset = self._data(data_cfg) if data_cfg.pipeline == "device" else None  # grain streams
       run = run_lib.create_run([p.resolved for p in group], dataset, self.mesh)
-      histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir,
-                                on_epoch=self._live(dirs, who) if self.writer else None)
+      logs = ([os.path.join(self.options.log_root, p.id) for p in group]
+              if self.writer and self.options.log_root else None)
+      with tensorboard.Events(logs, steps_per_epoch=run.program.steps_per_epoch) as events:
+        histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir,
+                                  on_epoch=self._live(dirs, who, events) if self.writer else None)
+        events.finish(histories)
       outcomes = []
       for point_dir, history in zip(dirs, histories):
         if self.writer:
@@ -270,8 +282,8 @@ class Sweep:
     seconds = (time.perf_counter() - start) / len(group)
     for p, outcome in zip(group, outcomes):
       logging.info("%s %s: %s in %s%s; %s", self.progress.prefix(p), p.id, outcome,
-                   _duration(seconds), f" (population of {len(group)})" if len(group) > 1
-                   else "", self.progress.settled(seconds))
+                   progress.duration(seconds), f" (population of {len(group)})"
+                   if len(group) > 1 else "", self.progress.settled(seconds))
 
   def wait_for_held(self) -> None:
     """Until every held point is settled, or its holder dies and this worker takes over."""
@@ -307,14 +319,15 @@ def run(config: ml_collections.ConfigDict, options: Options, *,
   check_workdir(options.workdir, planned)
   sweep = Sweep(planned, mine, options, mesh)
   if sweep.writer:
-    prepare_workdir(options.workdir)
+    prepare_outputs(options)
   logging.info("sweep of %d points; worker %s runs %d of them in %s", len(planned),
                options.worker, len(mine), options.workdir)
-  sweep.run_groups(mine)
-  if sweep.held and options.wait and sweep.writer and hosts.current().process_count == 1:
-    sweep.wait_for_held()
-  elif sweep.held:
-    logging.info("left to their holders: %s", ", ".join(p.id for p in sweep.held))
+  with sweep.progress:
+    sweep.run_groups(mine)
+    if sweep.held and options.wait and sweep.writer and hosts.current().process_count == 1:
+      sweep.wait_for_held()
+    elif sweep.held:
+      logging.info("left to their holders: %s", ", ".join(p.id for p in sweep.held))
   if sweep.writer:
     text = summary.rebuild(options.workdir,
                            title=os.path.basename(os.path.abspath(options.workdir)))

@@ -38,7 +38,7 @@ def test_launcher_writes_runs_summary_and_figures(tmp_path):
   workdir = tmp_path / "runs"
   r = launch(tmp_path, f"--workdir={workdir}")
   assert r.returncode == 0, r.stderr[-3000:]
-  points = sorted(p for p in os.listdir(workdir) if (workdir / p).is_dir())
+  points = sorted(p for p in os.listdir(workdir) if (workdir / p / "config.json").exists())
   assert len(points) == 2
   for p in points:
     files = set(os.listdir(workdir / p))

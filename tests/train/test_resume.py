@@ -170,7 +170,7 @@ def _run_killed(tmp_path, workdir, kill_when, after_kill=lambda: None, text=KILL
   assert proc.poll() is None, "the run ended before it could be killed: make it longer"
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  for point in glob.glob(os.path.join(workdir, "*", "")):  # none if killed before training
+  for point in store.point_dirs(str(workdir)):  # none if killed before training
     assert store.status(point)["status"] == "running"
   after_kill()
   again = subprocess.run(cmd, env=subprocess_env(1), capture_output=True, text=True,
