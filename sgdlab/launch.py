@@ -2,12 +2,16 @@ r"""Run an experiment: every point of its sweep, then its summary table and figu
 
   python -m sgdlab.launch --config=experiments/classic_batch_size.py --workdir=runs/classic
   python -m sgdlab.launch --config=experiments/classic_grid.py --config.num_epochs=3
+  python -m sgdlab.launch --config=experiments/classic_grid.py --submit=slurm --num_workers=8
 
 Everything is validated before anything is written or compiled (`sgdlab.sweep.runner`):
 a bad value prints one line naming the field and exits with code 2. Running the same
 command again skips finished points and resumes interrupted ones. Workers share one
 workdir: --worker_index/--num_workers, or a SLURM array, or a Kubernetes indexed job
 with --num_workers. --multihost makes every point one run across all processes.
+--submit=slurm submits those workers as a SLURM job array through submitit (--submit=local:
+local processes, waited for); the same command again finishes what preemption left
+(`sgdlab.sweep.submit`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from absl import flags
 
 from sgdlab import cli
 from sgdlab.errors import UsageError
-from sgdlab.sweep import runner, workers
+from sgdlab.sweep import runner, submit, workers
 
 cli.define_config_flags()
+submit.define_flags()
 _WORKER_INDEX = flags.DEFINE_integer(
     "worker_index", None, "This worker's index in [0, num_workers); default from "
     "SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, else 0.")
@@ -35,6 +40,8 @@ _WAIT = flags.DEFINE_bool("wait", True, "At the end, wait for this worker's poin
                           "another live worker holds, taking them over if that worker dies.")
 _KEEP_CHECKPOINTS = flags.DEFINE_bool("keep_checkpoints", False,
                                       "Keep a finished point's checkpoints.")
+_TENSORBOARD_DIR = flags.DEFINE_string("tensorboard_dir", None, "TensorBoard events, a folder "
+                                       "per point; default <workdir>/tensorboard, empty: none.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Each run spans all processes of the job: jax.distributed."
     "initialize() detects TPU pods, SLURM, Kubernetes and MPI, or takes the three flags below.")
@@ -60,8 +67,12 @@ def main(argv: list[str]) -> None:
     return runner.Options(cli.workdir(),
                           workers.resolve_worker(_WORKER_INDEX.value, _NUM_WORKERS.value),
                           stale_after=_CLAIM_TIMEOUT.value, wait=_WAIT.value,
-                          keep_checkpoints=_KEEP_CHECKPOINTS.value)
+                          keep_checkpoints=_KEEP_CHECKPOINTS.value,
+                          tensorboard_dir=_TENSORBOARD_DIR.value)
 
+  if flags.FLAGS.submit:  # the workers run as submitit jobs instead
+    sys.exit(cli.call(lambda: submit.submit(config, submit.request_from_flags(), options,
+                                            overrides=cli.overrides())))
   opts = cli.call(options)
   if _MULTIHOST.value:
     from sgdlab.sweep import hosts  # pylint: disable=g-import-not-at-top

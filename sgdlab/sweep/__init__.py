@@ -7,4 +7,6 @@
   claims.py    claim files: no point runs twice at once
   workers.py   worker index and count (flags, SLURM arrays, Kubernetes indexed jobs)
   hosts.py     one run across several processes (jax.distributed)
+  submit.py    the sweep as a SLURM (or local) job array through submitit
+  progress.py  points left and the ETA (tqdm)
 """
