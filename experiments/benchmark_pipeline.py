@@ -47,7 +47,7 @@ SETTINGS = (("device", "device", 0), ("grain, 1", "grain", 1), ("grain, epoch", 
 
 def write_idx_folder(folder: str) -> str:
   """The bundled digits as plain IDX files (uint8), as a user's data.dir would hold them."""
-  dataset = data.load(config_lib.default_config().data)
+  dataset = data.load(config_lib.default_config().data).unit()
   for prefix, x, y in (("train", dataset.x_train, dataset.y_train),
                        ("t10k", dataset.x_test, dataset.y_test)):
     pixels = np.rint(np.asarray(x)[..., 0] * 255).astype(np.uint8)

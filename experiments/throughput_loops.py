@@ -151,7 +151,7 @@ def make_jax_loop(dataset: data.Dataset, k: int, *, lr: float, decay: float, see
   """
   device = jax.devices()[0] if device is None else device
   n = dataset.n_train
-  x = jax.device_put(dataset.x_train, device)
+  x = jax.device_put(dataset.unit().x_train, device)
   y = jax.device_put(dataset.y_train, device)
   if model == "mlp":
     apply = mlp_logits
@@ -228,7 +228,7 @@ def make_torch_loop(dataset: data.Dataset, k: int, *, lr: float, decay: float,
   torch.set_num_threads(threads)
   torch.manual_seed(seed)
   n = dataset.n_train
-  x = torch.from_numpy(dataset.x_train.reshape(n, -1).copy())
+  x = torch.from_numpy(dataset.unit().x_train.reshape(n, -1).copy())
   y = torch.from_numpy(dataset.y_train.astype(np.int64))
   sizes = (x.shape[1], *hidden, dataset.num_classes)
   layers = []

@@ -1,4 +1,4 @@
-"""Image transforms on the host: antialiased resize and scaling to [0, 1]."""
+"""Image transforms on the host: antialiased resize, scaling to [0, 1], storage form."""
 
 from __future__ import annotations
 
@@ -57,3 +57,33 @@ def to_unit(images: np.ndarray, scale: float, size: int) -> np.ndarray:
     np.clip(out, 0.0, 1.0, out=out)  # resampling rounding may overshoot by an ulp
   return out
 
+
+
+def resizes(shape: tuple[int, ...], size: int) -> bool:
+  """Whether `resize(images, size)` changes images of shape [H, W, ...]."""
+  return bool(size) and tuple(shape[:2]) != (size, size)
+
+
+def stored(images: np.ndarray, scale: float, size: int) -> tuple[np.ndarray, float]:
+  """Images as the devices keep them, and the scale the step divides them by.
+
+  uint8 pixels stay uint8 (a quarter of float32's bytes) unless resized: resampling
+  makes values between the pixel levels, so resized images (and any other dtype)
+  become float32 in [0, 1], scale 1.
+  """
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype == np.uint8 and not resizes(images.shape[1:], size):
+    return np.array(images), float(scale)  # a fresh copy, as to_unit gives
+  return to_unit(images, scale, size), 1.0
+
+
+def unit_table(scale: float) -> np.ndarray:
+  """float32 [256]: what `to_unit` makes of each uint8 value at this scale.
+
+  The devices scale stored pixels by looking them up here rather than dividing:
+  XLA turns x / 255 into x * (1 / 255), which differs from the division in the last
+  bit for 126 of the 256 values; a table gives the host's values bit for bit.
+  """
+  return to_unit(np.arange(256, dtype=np.uint8).reshape(256, 1, 1, 1), scale, 0).reshape(256)

@@ -7,19 +7,26 @@ by those indices (`gather`), so nothing crosses the host per step and a resumed 
 the same batches. In a multi-process run each process places the whole dataset on its
 own devices and each device gathers only its slice of every global batch. Batches that
 are streamed instead (`sgdlab.data.stream`) are placed here too, split along k.
+
+Images stay in their stored dtype up to the step: `scaled_step` turns uint8 pixels
+into the float32 values the host would have made (`images.unit_table`), inside the
+compiled program, so uint8 storage trains exactly as float32 storage does.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-Feed = dict[str, jax.Array]  # idx [steps, k] int32, mask [steps, k] float32
+from sgdlab.data import text
+from sgdlab.data.images import unit_table
+
+Feed = dict[str, jax.Array]  # idx [steps, k] int32, mask [steps, k] float32 (, draw int32)
 
 
 def data_order_key(seed: int) -> jax.Array:
@@ -47,10 +54,38 @@ def batch_plan(n: int, batch_size: int, key: jax.Array | None, *,
   return dict(idx=idx.astype(jnp.int32), mask=mask)
 
 
-def gather(x: jax.Array, y: jax.Array, feed_step: Feed) -> dict[str, jax.Array]:
-  """One step's batch from the resident arrays (inside a compiled program)."""
+def gather(x: jax.Array, y: jax.Array, feed_step: Feed, seq_len: int = 0
+           ) -> dict[str, jax.Array]:
+  """One step's batch from the resident arrays (inside a compiled program); for text
+  (seq_len > 0) the indices are window starts into the token stream x."""
   i = feed_step["idx"]
+  if seq_len:
+    inputs, targets = text.windows(x, i, seq_len)
+    return dict(x=inputs, y=targets, mask=feed_step["mask"])
   return dict(x=x[i], y=y[i], mask=feed_step["mask"])
+
+
+def unit_images(x: jax.Array, scale: float) -> jax.Array:
+  """Stored images as the model sees them: uint8 looked up in the host's table of
+  their float32 values at `scale`; float32 images (scaled already) unchanged."""
+  if x.dtype != jnp.uint8:
+    return x
+  return jnp.asarray(unit_table(scale))[x]
+
+
+def scaled_step(step_fn: Callable, scale: float) -> Callable:
+  """`step_fn(state, batch)` taking batches of stored images (a train or eval step)."""
+  def scaled(state, batch):
+    return step_fn(state, dict(batch, x=unit_images(batch["x"], scale)))
+  return scaled
+
+
+def slice_feed(feed: Feed, start: int, n: int) -> Feed:
+  """Steps [start, start + n) of an epoch's feed (the steps axis is the last but one)."""
+  if start == 0 and n == feed["mask"].shape[0]:
+    return feed
+  return {key: jax.lax.slice_in_dim(v, start, start + n, axis=v.ndim - 2)
+          for key, v in feed.items()}
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -70,6 +105,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
+def replicated_structs(tree: Any, mesh: Mesh) -> Any:
+  """Abstract arrays placed as the trainer places them: whole, on every device."""
+  rep = NamedSharding(mesh, P())
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), tree)
+
+
 def process_columns(mesh: Mesh, axis: str, k: int) -> slice:
   """The columns of a global batch of k that this process's devices hold (all of them in
   a single-process run): what a streaming process reads."""
@@ -83,8 +124,8 @@ def process_columns(mesh: Mesh, axis: str, k: int) -> slice:
 
 
 def place_batches(host: dict[str, np.ndarray], mesh: Mesh, axis: str, k: int) -> Feed:
-  """Streamed batches (x, y [P?, steps, k_local, ...], mask [steps, k_local]) as global
-  arrays split over the mesh axis along k, from this process's columns."""
+  """Streamed batches (x, y, draw? [P?, steps, k_local, ...], mask [steps, k_local]) as
+  global arrays split over the mesh axis along k, from this process's columns."""
   def put(x, lead):
     spec = P(*([None] * lead), axis)
     sharding = NamedSharding(mesh, spec)
@@ -94,7 +135,7 @@ def place_batches(host: dict[str, np.ndarray], mesh: Mesh, axis: str, k: int) ->
     return jax.make_array_from_process_local_data(sharding, x, shape)
 
   lead = host["y"].ndim - 1  # the steps axis, after the members axis of a population
-  return dict(x=put(host["x"], lead), y=put(host["y"], lead), mask=put(host["mask"], 1))
+  return {key: put(v, 1 if key == "mask" else lead) for key, v in host.items()}
 
 
 def sum_batches(add: Any, params: Any, batches: Any, mesh: Mesh, axis: str, k: int, *,

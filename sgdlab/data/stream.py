@@ -10,9 +10,12 @@ iterator state (the next step) goes into the run's orbax checkpoint, so a resume
 continues with the batch an uninterrupted one would have read.
 
 Images are read from memory maps: the IDX file itself when it is plain, otherwise a
-.npy cache written once (`data.cache_dir`), and scaled to [0, 1] per batch, exactly as
-the resident pipeline scales the whole set. In a multi-process run each process reads
-only the columns of each global batch that its own devices hold.
+.npy cache written once (`data.cache_dir`), and delivered as the resident pipeline
+stores them: uint8 pixels as they are (the step scales them), resized images as
+float32 in [0, 1], made per batch exactly as the resident pipeline makes the whole
+set. A batch carries its examples' augmentation draws when the plan has them. In a
+multi-process run each process reads only the columns of each global batch that its
+own devices hold.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from sgdlab.data import idx
-from sgdlab.data.images import to_unit
+from sgdlab.data import idx, sources
+from sgdlab.data.images import resizes, to_unit
 from sgdlab.errors import ConfigError
 
 PIPELINES = ("device", "grain")
-HostPlan = Callable[[int], tuple[np.ndarray, np.ndarray]]  # epoch -> idx [P?, steps, k], mask
+HostPlan = Callable[[int], dict[str, np.ndarray]]  # epoch -> idx, draw? [P?, steps, k], mask
+_CACHE_FORMAT = 2  # 2: images cached as stored (uint8 pixels stay uint8)
 
 
 def check(cfg: ml_collections.ConfigDict) -> None:
@@ -64,9 +68,11 @@ class ArraySource:
   """Random access to one split: images (a memory map, or an array) and labels."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, scale: float,
-               image_size: int = 0):
+               image_size: int = 0, keep_uint8: bool = True):
     self.images, self.labels = images, np.asarray(labels, np.int32)
     self.scale, self.image_size = scale, image_size
+    self.keep = (keep_uint8 and images.dtype == np.uint8
+                 and not resizes(images.shape[1:], image_size))
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -76,15 +82,19 @@ class ArraySource:
     return dict(x=x[0], y=y[0])
 
   def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Examples at `indices` (any shape): float32 images in [0, 1], int32 labels."""
+    """Examples at `indices` (any shape), images as the resident pipeline stores them
+    (uint8 unless resized, else float32 in [0, 1]), int32 labels."""
     flat = np.asarray(indices).reshape(-1)
-    x = to_unit(self.images[flat], self.scale, self.image_size)
+    x = self.images[flat]
+    x = x[..., None] if self.keep and x.ndim == 3 else x  # IDX [n, H, W]: one channel
+    if not self.keep:
+      x = to_unit(x, self.scale, self.image_size)
     return x.reshape(*indices.shape, *x.shape[1:]), self.labels[flat].reshape(indices.shape)
 
 
 def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource:
   """A split of `config.data` (described already) as a source read from disk."""
-  if cfg.name == "mnist" and cfg.dir:
+  if cfg.name == "mnist" and cfg.dir and not cfg.validation_fraction:
     found = idx.idx_headers(cfg)
     images = idx.read_idx(found[f"{split}_images"][0], mmap=True)
     labels = idx.read_idx(found[f"{split}_labels"][0]).astype(np.int32)
@@ -93,8 +103,10 @@ def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource:
     if split == "train" and cfg.n_train:
       images, labels = images[:cfg.n_train], labels[:cfg.n_train]
     scale = 255.0 if images.dtype == np.uint8 else 1.0
-    return ArraySource(images, labels, scale=scale, image_size=cfg.image_size)
-  # Sets that are built in memory (bundled, teacher-student) are cached as float32 once.
+    # uint8 is kept when both splits are uint8, as `sources.load_idx_dir` keeps them.
+    return ArraySource(images, labels, scale=scale, image_size=cfg.image_size,
+                       keep_uint8=sources.idx_scale(found) != 1.0)
+  # Sets that are built in memory (bundled, CIFAR, teacher-student) are cached as stored.
   from sgdlab import data  # pylint: disable=g-import-not-at-top
   loaded: dict[str, Any] = {}
 
@@ -111,7 +123,8 @@ def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource:
 def cache_folder(cfg: ml_collections.ConfigDict) -> str:
   """One folder per data config (its fields but the pipeline's own), under cache_dir."""
   fields = {k: v for k, v in cfg.to_dict().items()
-            if k not in ("pipeline", "cache_dir", "read_threads", "prefetch")}
+            if k not in ("pipeline", "cache_dir", "read_threads", "prefetch", "augment")}
+  fields["cache_format"] = _CACHE_FORMAT
   digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
   root = cfg.cache_dir or os.path.join(
       os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
@@ -151,14 +164,14 @@ class Stream:
     import grain  # pylint: disable=g-import-not-at-top
     self.source, self._plan_fn, self.columns = source, plan, columns
     self.steps_per_epoch, self.population = steps_per_epoch, population
-    self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._plans: dict[int, dict[str, np.ndarray]] = {}
     self._lock = threading.Lock()
     dataset = grain.MapDataset.range(num_epochs * steps_per_epoch).map(self.batch)
     self._dataset = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=prefetch))
     self.iterator = iter(self._dataset)
 
-  def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+  def plan(self, epoch: int) -> dict[str, np.ndarray]:
     with self._lock:  # grain's threads ask too; keep the plans of this and the last epoch
       if epoch not in self._plans:
         self._plans[epoch] = self._plan_fn(epoch)
@@ -169,9 +182,12 @@ class Stream:
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """Global step `step`'s batch: this process's columns of its plan row, read."""
     epoch, s = divmod(int(step), self.steps_per_epoch)
-    plan_idx, mask = self.plan(epoch)
-    x, y = self.source.batch(plan_idx[..., s, self.columns])
-    return dict(x=x, y=y, mask=mask[s, self.columns])
+    plan = self.plan(epoch)
+    x, y = self.source.batch(plan["idx"][..., s, self.columns])
+    out = dict(x=x, y=y, mask=plan["mask"][s, self.columns])
+    if "draw" in plan:
+      out["draw"] = plan["draw"][..., s, self.columns]
+    return out
 
   @property
   def position(self) -> int:
@@ -185,9 +201,8 @@ class Stream:
   def take(self, n: int) -> dict[str, np.ndarray]:
     parts = [next(self.iterator) for _ in range(n)]
     axis = 1 if self.population else 0
-    return dict(x=np.stack([p["x"] for p in parts], axis),
-                y=np.stack([p["y"] for p in parts], axis),
-                mask=np.stack([p["mask"] for p in parts]))
+    return {key: np.stack([p[key] for p in parts], 0 if key == "mask" else axis)
+            for key in parts[0]}
 
 
 def eval_batches(source: ArraySource, k: int, columns: slice, *, read_threads: int,

@@ -149,12 +149,15 @@ def test_load_idx_dir(tmp_path, dotted):
   arrays = _make_idx_dir(tmp_path, dotted=dotted)
   ds = data.load(_cfg(dir=str(tmp_path), test_fraction=0.9))  # official split: ignored
   assert (ds.n_train, ds.n_test, ds.input_shape, ds.num_classes) == (60, 20, (28, 28, 1), 10)
-  assert ds.x_train.dtype == ds.x_test.dtype == np.float32
+  assert ds.x_train.dtype == ds.x_test.dtype == np.uint8 and ds.scale == 255.0  # as stored
   assert ds.y_train.dtype == ds.y_test.dtype == np.int32
-  assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
   np.testing.assert_array_equal(ds.y_train, arrays["train-labels-idx1-ubyte"])
   np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
-  np.testing.assert_allclose(ds.x_test[..., 0], arrays["t10k-images-idx3-ubyte"] / 255.0,
+  np.testing.assert_array_equal(ds.x_test[..., 0], arrays["t10k-images-idx3-ubyte"])
+  unit = ds.unit()  # what the step computes on
+  assert unit.x_train.dtype == np.float32 and unit.scale == 1.0
+  assert unit.x_train.min() >= 0.0 and unit.x_train.max() <= 1.0
+  np.testing.assert_allclose(unit.x_test[..., 0], arrays["t10k-images-idx3-ubyte"] / 255.0,
                              rtol=1e-6)
 
 
@@ -270,8 +273,8 @@ def _row_hashes(x: np.ndarray) -> set[bytes]:
 
 def test_bundled_mnist_split(mnist):
   assert (mnist.n_train, mnist.n_test, mnist.input_shape) == (4000, 1000, (28, 28, 1))
-  assert mnist.x_train.dtype == np.float32 and mnist.y_train.dtype == np.int32
-  assert mnist.x_train.min() == 0.0 and mnist.x_train.max() == 1.0
+  assert mnist.x_train.dtype == np.uint8 and mnist.y_train.dtype == np.int32
+  assert mnist.scale == 255.0 and mnist.x_train.min() == 0 and mnist.x_train.max() == 255
   np.testing.assert_array_equal(np.bincount(mnist.y_train), [400] * 10)
   np.testing.assert_array_equal(np.bincount(mnist.y_test), [100] * 10)
   assert not _row_hashes(mnist.x_train) & _row_hashes(mnist.x_test)
@@ -300,7 +303,8 @@ def test_digits():
   ds = data.load(_cfg(name="digits"))
   assert ds.input_shape == (8, 8, 1) and ds.num_classes == 10
   assert ds.n_train + ds.n_test == 1797 and ds.n_test == 359  # sum of per-class rounding
-  assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() and ds.x_train.max() == 1.0
+  assert ds.x_train.dtype == np.uint8 and ds.scale == 16.0 and ds.x_train.max() == 16
+  assert ds.unit().x_train.max() == 1.0 and ds.unit().x_train.dtype == np.float32
 
 
 # --------------------------------------------------------------------- synthetic
