@@ -161,6 +161,7 @@ def optimizer_config() -> ml_collections.ConfigDict:
       b1=0.9,  # adam
       b2=0.999,  # adam
       eps=1e-8,  # adam
+      weight_decay=0.0,  # L2: wd * w added to the gradient before the direction
   ))
 
 
@@ -174,13 +175,17 @@ def direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
               deep learning, 2013)
     adam:     d_t = m_hat_t / (sqrt(v_hat_t) + eps)  (Kingma & Ba, Adam, 2015)
 
-  Momentum follows optax.trace (v_0 = 0, no dampening), as optax.sgd does.
+  Momentum follows optax.trace (v_0 = 0, no dampening), as optax.sgd does. With
+  weight_decay the gradient is g_t + wd * w_t before any of these, as PyTorch's SGD
+  (and Goyal et al. 2017) apply it to every parameter.
   """
   if cfg.name == "sgd":
-    return optax.identity()
-  if cfg.name in ("momentum", "nesterov"):
-    return optax.trace(decay=cfg.momentum, nesterov=cfg.name == "nesterov")
-  return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    tx = optax.identity()
+  elif cfg.name in ("momentum", "nesterov"):
+    tx = optax.trace(decay=cfg.momentum, nesterov=cfg.name == "nesterov")
+  else:
+    tx = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx) if cfg.weight_decay else tx
 
 
 def apply_lr(direction_updates: optax.Updates, lr: Any) -> optax.Updates:
@@ -196,3 +201,4 @@ def validate_optimizer(cfg: ml_collections.ConfigDict) -> None:
     check_number(f"optimizer.{field}", cfg[field], low=0, high=1, high_open=True,
                  what="a number in [0, 1)")
   check_number("optimizer.eps", cfg.eps, low=0, strict=True, what="a number > 0")
+  check_number("optimizer.weight_decay", cfg.weight_decay, low=0, what="a number >= 0")

@@ -163,6 +163,7 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   optim.validate_optimizer(c.optimizer)
   models.validate(c.model)
   spec = data.describe(c.data) if spec is None else spec
+  _check_model_data(c, spec)
   optim.validate_schedule(c.schedule)
   if c.batch_size != "auto":
     _check_batch_size(c, spec, n_devices)
@@ -170,6 +171,17 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   if c.batch_size != "auto":
     optim.validate_schedule(c.schedule, resolved.total_steps)
   return resolved
+
+
+def _check_model_data(c: ml_collections.ConfigDict, spec: data.DataSpec) -> None:
+  """A language model reads windows of tokens, and only it does."""
+  sequence = c.model.name in models.SEQUENCE_MODELS
+  if sequence and not spec.seq_len:
+    raise ConfigError("data.name", c.data.name,
+                      f"'text' for model.name={c.model.name!r} (it reads windows of tokens)")
+  if spec.seq_len and not sequence:
+    raise ConfigError("model.name", c.model.name,
+                      f"one of {list(models.SEQUENCE_MODELS)} for data.name={c.data.name!r}")
 
 
 def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devices: int) -> None:
@@ -192,3 +204,29 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
   if k > spec.n_train:
     raise ConfigError("batch_size", c.batch_size,
                       f"at most the training set size {spec.n_train}")
+  if models.has_batch_norm(c.model):
+    _check_batch_norm(c, spec, k, local, micro, accumulating)
+
+
+def _check_batch_norm(c: ml_collections.ConfigDict, spec: data.DataSpec, k: int, local: int,
+                      micro: Any, accumulating: bool) -> None:
+  """Batch statistics need real examples only, and virtual batches that tile the batch."""
+  if not c.drop_remainder and spec.n_train % k:
+    raise ConfigError("drop_remainder", c.drop_remainder,
+                      f"True for model.name={c.model.name!r}: the last batch of k={k} would "
+                      f"hold {k - spec.n_train % k} padding examples, and batch norm's "
+                      "statistics would include them")
+  if c.model.bn_mode != "virtual":
+    return
+  vb = c.model.bn_virtual_batch_size
+  if micro == "auto":
+    raise ConfigError("microbatch_size", micro, "a number with bn_mode='virtual' (the "
+                      "planner does not keep micro-batches a multiple of the virtual batch)")
+  seen = int(micro) if accumulating else (local // 2 if c.noise_scale and local == k
+                                          else local)
+  if seen % vb:
+    raise ConfigError("model.bn_virtual_batch_size", vb,
+                      f"a divisor of the {seen} examples each device normalizes at once "
+                      f"(k={k} over {k // local} device(s)"
+                      f"{', per micro-batch' if accumulating else ''}), e.g. "
+                      f"{max(d for d in range(1, min(vb, seen) + 1) if seen % d == 0)}")

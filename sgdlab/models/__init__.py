@@ -1,8 +1,9 @@
 """Models for batch-size studies, and the registry that names them (`config.model.name`).
 
-The models are deliberately small: the science here is about k and the learning rate,
+The models are small by default: the science here is about k and the learning rate,
 and a model that trains in seconds lets a sweep cover many of them. Each takes inputs
-[batch, ...] and returns logits; `build` makes one from a validated config.
+[batch, ...] and returns float32 logits ([batch, seq_len, 256] for the language model);
+`build` makes one from a validated config.
 """
 
 from __future__ import annotations
@@ -14,30 +15,72 @@ import jax.numpy as jnp
 import ml_collections
 
 from sgdlab.errors import ConfigError
-from sgdlab.models import conv
+from sgdlab.models import batchnorm, conv
 from sgdlab.models.cnn import CNN
 from sgdlab.models.mlp import MLP
+from sgdlab.models.resnet import ResNet
+from sgdlab.models.transformer import Transformer
 
-__all__ = ["CNN", "MLP", "MODELS", "build", "default_config", "validate"]
+__all__ = ["CNN", "MLP", "MODELS", "ResNet", "Transformer", "build", "default_config",
+           "has_batch_norm", "sizes", "validate"]
+
+KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
+                "glorot_uniform": nn.initializers.glorot_uniform()}
+# (depth, width) where config.model leaves them 0: Shallue et al.'s ResNet-8 at width 16,
+# and a 2-block byte-level Transformer of width 128.
+DEFAULT_SIZES = {"resnet": (8, 16), "transformer": (2, 128)}
 
 
-def _mlp(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any) -> nn.Module:
+def sizes(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(depth, width) of a resnet or transformer: the fields, or the model's default for 0."""
+  depth, width = DEFAULT_SIZES.get(cfg.name, (0, 0))
+  return cfg.depth or depth, cfg.width or width
+
+
+def _mlp(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any, seq_len: int) -> nn.Module:
   return MLP(hidden=tuple(cfg.hidden), num_classes=num_classes, dropout=cfg.dropout,
-             dtype=dtype, remat=cfg.remat)
+             dtype=dtype, remat=cfg.remat, kernel_init=KERNEL_INITS[cfg.kernel_init])
 
 
-def _cnn(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any) -> nn.Module:
+def _cnn(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any, seq_len: int) -> nn.Module:
   return CNN(features=tuple(cfg.features), dense=cfg.dense, num_classes=num_classes,
              dropout=cfg.conv_dropout, dense_dropout=cfg.dense_dropout,
-             conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat)
+             conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat,
+             kernel_init=KERNEL_INITS[cfg.kernel_init])
 
 
-# name -> builder(config.model, num_classes, compute dtype). Every model takes
-# `dtype` (compute; parameters float32, logits float32) and `model.remat`.
-MODELS: dict[str, Callable[[ml_collections.ConfigDict, int, Any], nn.Module]] = {
+def _resnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
+            seq_len: int) -> nn.Module:
+  depth, width = sizes(cfg)
+  return ResNet(depth=depth, width=width, num_classes=num_classes,
+                bn_mode=cfg.bn_mode, bn_virtual_batch_size=cfg.bn_virtual_batch_size,
+                conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat)
+
+
+def _transformer(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
+                 seq_len: int) -> nn.Module:
+  depth, width = sizes(cfg)
+  return Transformer(vocab_size=num_classes, seq_len=seq_len, width=width, depth=depth,
+                     heads=cfg.heads, tied=cfg.tied_embedding, dropout=cfg.dropout,
+                     dtype=dtype, remat=cfg.remat)
+
+
+# name -> builder(config.model, num_classes, compute dtype, seq_len). Every model takes
+# `dtype` (compute; parameters float32, logits float32) and `model.remat`; seq_len is
+# the context length of a text dataset (data.seq_len), 0 for images.
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, int, Any, int], nn.Module]] = {
     "mlp": _mlp,
     "cnn": _cnn,
+    "resnet": _resnet,
+    "transformer": _transformer,
 }
+BATCH_NORM_MODELS = ("resnet",)
+SEQUENCE_MODELS = ("transformer",)  # take windows of tokens: data.name="text" only
+
+
+def has_batch_norm(cfg: ml_collections.ConfigDict) -> bool:
+  """The model keeps running batch statistics (and needs unpadded training batches)."""
+  return cfg.name in BATCH_NORM_MODELS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,11 +90,20 @@ def default_config() -> ml_collections.ConfigDict:
       hidden=(512, 512),  # mlp
       features=(32, 64),  # cnn conv widths
       dense=128,  # cnn dense width
-      dropout=0.0,  # mlp: after each hidden layer
+      dropout=0.0,  # mlp: after each hidden layer; transformer: after attention and MLP
       conv_dropout=0.25,  # cnn: after the pool
       dense_dropout=0.5,  # cnn: after the dense layer
       conv_impl="auto",  # kernel gradient: "im2col" matmul on CPU, "xla" elsewhere
+      kernel_init="lecun_normal",  # mlp, cnn: or "glorot_uniform" (Keras' default)
       remat=False,  # recompute each block's activations in the backward pass
+      depth=0,  # resnet: 6n + 2 (8, 20, 32, 56); transformer: blocks; 0 = 8 and 2
+      width=0,  # resnet: filters of the first stage (then 2x, 4x); transformer: model
+      # width; 0 = 16 and 128
+      heads=4,  # transformer: attention heads (divide the width)
+      tied_embedding=True,  # transformer: output logits from the token embedding
+      bn_mode="device",  # resnet: batch statistics per "device" share, "virtual", "sync"
+      bn_virtual_batch_size=0,  # bn_mode="virtual": examples per statistics group
+      bn_momentum=0.9,  # running averages: r <- m r + (1 - m) batch moment, per update
   ))
 
 
@@ -69,9 +121,29 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError("model.conv_impl", cfg.conv_impl, f"one of {list(conv.IMPLS)}")
   if cfg.dense < 1:
     raise ConfigError("model.dense", cfg.dense, "a positive width")
+  if cfg.kernel_init not in KERNEL_INITS:
+    raise ConfigError("model.kernel_init", cfg.kernel_init, f"one of {list(KERNEL_INITS)}")
+  for field in ("depth", "width"):
+    if not isinstance(cfg[field], int) or cfg[field] < 0:
+      raise ConfigError(f"model.{field}", cfg[field], "0 (the model's default) or positive")
+  depth, width = sizes(cfg)
+  if cfg.name == "resnet" and (depth < 8 or (depth - 2) % 6):
+    raise ConfigError("model.depth", cfg.depth, "6n + 2 with n >= 1 (8, 20, 32, 56, ...)")
+  if cfg.name == "transformer":
+    if not isinstance(cfg.heads, int) or cfg.heads < 1 or width % cfg.heads:
+      raise ConfigError("model.heads", cfg.heads,
+                        f"a positive number of heads dividing model.width={width}")
+  if cfg.bn_mode not in batchnorm.MODES:
+    raise ConfigError("model.bn_mode", cfg.bn_mode, f"one of {list(batchnorm.MODES)}")
+  if cfg.bn_mode == "virtual" and (not isinstance(cfg.bn_virtual_batch_size, int)
+                                   or cfg.bn_virtual_batch_size < 1):
+    raise ConfigError("model.bn_virtual_batch_size", cfg.bn_virtual_batch_size,
+                      "a positive number of examples with bn_mode='virtual'")
+  if not 0.0 <= cfg.bn_momentum < 1.0:
+    raise ConfigError("model.bn_momentum", cfg.bn_momentum, "a number in [0, 1)")
 
 
-def build(cfg: ml_collections.ConfigDict, num_classes: int,
-          dtype: str = "float32") -> nn.Module:
+def build(cfg: ml_collections.ConfigDict, num_classes: int, dtype: str = "float32", *,
+          seq_len: int = 0) -> nn.Module:
   """The model named by a validated `config.model`, computing in `dtype`."""
-  return MODELS[cfg.name](cfg, num_classes, jnp.dtype(dtype))
+  return MODELS[cfg.name](cfg, num_classes, jnp.dtype(dtype), seq_len)

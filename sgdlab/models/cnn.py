@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ class CNN(nn.Module):
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
   remat: bool = False
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()  # as in `MLP`
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -37,14 +38,16 @@ class CNN(nn.Module):
       x = x.reshape((x.shape[0], side, side, 1))
     for i, f in enumerate(self.features):
       conv = ConvReLU(f, (3, 3), padding="VALID", impl=self.conv_impl, dtype=self.dtype,
-                      name=f"conv{i}")
+                      kernel_init=self.kernel_init, name=f"conv{i}")
       x = apply_block(conv, x, self.remat)
     x = max_pool_2x2(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
-    x = apply_block(DenseReLU(self.dense, dtype=self.dtype, name="dense"), x, self.remat)
+    x = apply_block(DenseReLU(self.dense, dtype=self.dtype, kernel_init=self.kernel_init,
+                                 name="dense"), x, self.remat)
     x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init,
+                    name="logits")(x).astype(jnp.float32)
 
 
 def _windows(x: jnp.ndarray) -> list[jnp.ndarray]:

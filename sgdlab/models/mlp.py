@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -15,6 +15,8 @@ class MLP(nn.Module):
 
   dtype is the compute dtype (bfloat16: bf16 matmuls); parameters stay float32 and
   the logits come back float32, so the loss and softmax are float32 either way.
+  kernel_init: lecun_normal (Flax's default) or glorot_uniform (Keras', where the
+  classic runs come from); biases start at zero in both.
   """
 
   hidden: Sequence[int] = (512, 512)
@@ -22,12 +24,15 @@ class MLP(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden):
-      x = apply_block(DenseReLU(width, dtype=self.dtype, name=f"dense{i}"), x, self.remat)
+      x = apply_block(DenseReLU(width, dtype=self.dtype, kernel_init=self.kernel_init,
+                                   name=f"dense{i}"), x, self.remat)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init,
+                    name="logits")(x).astype(jnp.float32)

@@ -134,7 +134,7 @@ def test_a_gradient_going_non_finite_mid_call_stops_the_run_at_that_step(
     mesh1, monkeypatch, members):
   """The fast step checks only the loss; the call is rerun with every gradient checked,
   so the run stops at the exact step, with the parameters from before it."""
-  monkeypatch.setitem(models.MODELS, "mlp", lambda cfg, n, dtype: _InfiniteAtTrigger(n))
+  monkeypatch.setitem(models.MODELS, "mlp", lambda cfg, n, dtype, seq_len: _InfiniteAtTrigger(n))
   rng = np.random.default_rng(0)
   x = rng.normal(size=(96, 4, 4, 1)).astype(np.float32)
   y = rng.integers(0, 10, 96).astype(np.int32)
