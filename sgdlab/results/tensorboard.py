@@ -52,6 +52,18 @@ EPOCH_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
               "examples_per_sec": "epoch/examples_per_sec", "wall_time": "epoch/wall_time",
               "noise_scale": "noise/B_simple", "grad_sq": "noise/grad_sq",
               "trace_sigma": "noise/trace_sigma"}
+SPLITS = ("train", "validation", "test")
+
+
+def epoch_tag(column: str) -> str:
+  """The tag of a History.epochs column: <split>/<figure> for a split's figures
+  (validation_loss, test_bits_per_byte), else as EPOCH_TAGS names it or epoch/<name>."""
+  split, _, figure = column.partition("_")
+  if column not in EPOCH_TAGS and split in SPLITS and figure:
+    return f"{split}/{figure}"
+  return EPOCH_TAGS.get(column, f"epoch/{column}")
+
+
 # The HPARAMS tab's metric columns: each run's last value of these scalars.
 METRICS = ("test/accuracy", "test/loss", "train/accuracy", "train/loss")
 NOTE = ".steps_written"
@@ -158,7 +170,7 @@ class Events:
     for r in range(m.rows, history.num_epochs):
       step = int(epochs["epoch"][r]) * self._steps_per_epoch
       m.file.write_event(_event(step, [
-          _value(EPOCH_TAGS.get(key, f"epoch/{key}"), column[r])
+          _value(epoch_tag(key), column[r])
           for key, column in epochs.items() if key != "epoch" and math.isfinite(column[r])]))
     m.rows = max(m.rows, history.num_epochs)
     m.file.flush()

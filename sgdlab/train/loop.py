@@ -26,6 +26,7 @@ from sgdlab.config import to_dict
 from sgdlab.results import diagnostics
 from sgdlab.results.history import History
 from sgdlab.train import checkpoint as checkpoint_lib
+from sgdlab.train import step
 from sgdlab.train.run import Run
 
 
@@ -33,7 +34,7 @@ from sgdlab.train.run import Run
 class Target:
   """Stop a member once an evaluation reaches `value` in `metric` (e.g. test_accuracy)."""
 
-  metric: str  # "<split>_<loss|accuracy>", split "test" or "train"
+  metric: str  # "<split>_<loss|accuracy>", split "test", "train" or "validation"
   value: float
 
   @property
@@ -129,12 +130,15 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
       else:
         going_on.append(m)
     if pos == steps_per_epoch and going_on:
-      test = jax.device_get(run.evaluate(state.params))
+      variables = step.eval_variables(state)
+      evals_now = {s: jax.device_get(run.evaluate(variables, s)) for s in program.splits
+                   if s != "train"}
+      test = evals_now["test"]
       wall = time.perf_counter() - start
       for m in going_on:
         record_epoch(histories[m], members[m].config, epoch,
                      program.member(step_metrics, m),
-                     program.member(test, m),
+                     {s: program.member(r, m) for s, r in evals_now.items()},
                      wall=wall, n_train=members[m].spec.n_train, ema=emas[m])
         if on_epoch is not None:
           on_epoch(m, histories[m])
@@ -171,8 +175,9 @@ def _evaluate_at(run: Run, state: Any, histories: list[History], live: list[int]
                  target: Target | None, test: dict | None = None) -> list[int]:
   """Record an evaluation after at_step steps (`History.evals`); the members going on."""
   diverged_at = _per_member(state.diverged_at, len(histories))
+  language = run.program.first.spec.seq_len > 0
   splits = {"test"} | ({target.split} if target else set())
-  results = {s: jax.device_get(run.evaluate(state.params, s)) if s != "test" or test is None
+  results = {s: jax.device_get(run.evaluate(step.eval_variables(state), s)) if s != "test" or test is None
              else test for s in sorted(splits)}
   still = []
   for m in live:
@@ -181,8 +186,7 @@ def _evaluate_at(run: Run, state: Any, histories: list[History], live: list[int]
       continue
     row = dict(step=at_step)
     for split, result in results.items():
-      mine = run.program.member(result, m)
-      row[f"{split}_loss"], row[f"{split}_accuracy"] = float(mine["loss"]), float(mine["accuracy"])
+      row.update(split_figures(split, run.program.member(result, m), language))
     for key, value in row.items():
       histories[m].evals.setdefault(key, []).append(value)
     if target is not None and target.reached(row[target.metric]):
@@ -202,22 +206,43 @@ def record_divergence(history: History, step_metrics: dict[str, np.ndarray], *, 
   logging.warning("%s | %s", history.name, history.diverged)
 
 
+def split_figures(split: str, result: dict[str, Any], language: bool) -> dict[str, float]:
+  """<split>_loss and _accuracy; for a byte-level language model also perplexity and
+  bits per byte (its loss is nats per token, and a token is a byte)."""
+  loss = float(result["loss"])
+  row = {f"{split}_loss": loss, f"{split}_accuracy": float(result["accuracy"])}
+  if language:
+    row[f"{split}_perplexity"] = float(np.exp(loss))
+    row[f"{split}_bits_per_byte"] = loss / float(np.log(2.0))
+  return row
+
+
 def record_epoch(history: History, config: Any, epoch: int, step_metrics: dict[str, np.ndarray],
-                 test: dict[str, Any], *, wall: float, n_train: int,
+                 evaluated: dict[str, dict[str, Any]], *, wall: float, n_train: int,
                  ema: noise.NoiseEMA | None) -> None:
-  """Append a finished epoch: its steps, its row of means and test figures, one log line."""
+  """Append a finished epoch: its steps, its row of means and the figures of the held-out
+  splits (test, and validation when held out), one log line."""
   _append_steps(history, step_metrics, ema)
-  row = dict(epoch=epoch + 1, **diagnostics.epoch_means(step_metrics),
-             test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
-             lr=float(step_metrics["lr"][-1]), wall_time=wall, examples_per_sec=n_train / wall)
+  language = config.data.name == "text"
+  row = dict(epoch=epoch + 1, **diagnostics.epoch_means(step_metrics))
+  if language:
+    row["train_bits_per_byte"] = row["train_loss"] / float(np.log(2.0))
+  for split in ("test", "validation"):
+    if split in evaluated:
+      row.update(split_figures(split, evaluated[split], language))
+  row.update(lr=float(step_metrics["lr"][-1]), wall_time=wall, examples_per_sec=n_train / wall)
   if ema is not None:
     row["grad_sq"], row["trace_sigma"], row["noise_scale"] = ema.values()
   for key, value in row.items():
     history.epochs.setdefault(key, []).append(value)
-  logging.info("%s | epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
+  logging.info("%s | epoch %d/%d | train loss %.4f acc %.4f |%s test loss %.4f acc %.4f%s | "
                "lr %.4g | %.2fs %.0f ex/s%s", history.name, epoch + 1, config.num_epochs,
-               row["train_loss"], row["train_accuracy"], row["test_loss"],
-               row["test_accuracy"], row["lr"], wall, row["examples_per_sec"],
+               row["train_loss"], row["train_accuracy"],
+               f" validation loss {row['validation_loss']:.4f} acc "
+               f"{row['validation_accuracy']:.4f} |" if "validation_loss" in row else "",
+               row["test_loss"], row["test_accuracy"],
+               f" {row['test_bits_per_byte']:.3f} bits/byte" if language else "",
+               row["lr"], wall, row["examples_per_sec"],
                f" | B_simple {row['noise_scale']:.1f}" if ema is not None else "")
 
 

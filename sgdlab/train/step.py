@@ -26,6 +26,7 @@ a population of them can be vmapped.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -39,7 +40,8 @@ from sgdlab import optim
 
 DATA = "data"
 
-Batch = dict[str, jax.Array]  # x [k, ...], y [k] int32, mask [k] float32 (1 = real example)
+# x [k, ...], y [k] int32 (text: [k, seq_len] next tokens), mask [k] float32 (1 = real example)
+Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 # (count, learning_rate, lr_decay) -> lr_t; learning_rate and lr_decay may be traced.
 LrFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -50,6 +52,7 @@ class TrainState(flax.struct.PyTreeNode):
 
   step: jax.Array  # int32: optimizer steps taken (Keras' `iterations`)
   params: Any
+  batch_stats: Any  # batch norm's running averages ({} for models without batch norm)
   opt_state: Any
   hparams: dict[str, jax.Array]  # learning_rate, lr_decay (float32 scalars)
   rng: jax.Array  # uint32[2]: the dropout stream; folded with (step, device)
@@ -67,12 +70,19 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
                lr_decay: float) -> TrainState:
   """Initial state from the seed alone: parameter init and dropout use separate streams."""
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+  variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))
+  params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=dict(variables.get("batch_stats", {})), opt_state=tx.init(params),
       hparams=dict(learning_rate=jnp.asarray(learning_rate, jnp.float32),
                    lr_decay=jnp.asarray(lr_decay, jnp.float32)),
       rng=dropout_key, diverged_at=jnp.full((), -1, jnp.int32))
+
+
+def eval_variables(state: TrainState) -> dict[str, Any]:
+  """What evaluation applies the model with: parameters and batch norm's running averages."""
+  return dict(params=state.params, batch_stats=state.batch_stats)
 
 
 def _tree_sq_norm(tree: Any) -> jax.Array:
@@ -105,6 +115,21 @@ def _pmean(x: Any) -> Any:
   return x if jax.lax.axis_size(DATA) == 1 else jax.lax.pmean(x, DATA)
 
 
+def targets_per_example(batch: Batch) -> int:
+  """Labels per example: 1 for a classifier, seq_len next-token targets for a window."""
+  return math.prod(batch["y"].shape[1:])
+
+
+def _losses(logits: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Masked cross-entropy and correctness per target: per example, or per token of a
+  window (the loss of a language model is per token, each window's tokens weighted
+  alike)."""
+  m = m.reshape(m.shape + (1,) * (y.ndim - 1))
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+  return losses * m, correct * m
+
+
 def _accumulate(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, steps: int,
                 norms: bool) -> tuple[Any, jax.Array, jax.Array, jax.Array | None]:
   """Sums of gradient, loss and correct over `steps` micro-batches, one at a time (a
@@ -113,43 +138,44 @@ def _accumulate(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, st
 
   def body(carry, inputs):
     i, b = inputs
-    (l_sum, c_sum), g_sum = grad_fn(params, b["x"], b["y"], b["mask"],
-                                    jax.random.fold_in(rng, i))
-    g_acc, l_acc, c_acc = carry
-    carry = (jax.tree.map(jnp.add, g_acc, g_sum), l_acc + l_sum, c_acc + c_sum)
-    return carry, (_tree_sq_norm(g_sum) if norms else None)
+    (l_sum, (c_sum, moments)), g_sum = grad_fn(params, b["x"], b["y"], b["mask"],
+                                               jax.random.fold_in(rng, i))
+    return (jax.tree.map(jnp.add, carry[0], g_sum), carry[1] + l_sum, carry[2] + c_sum), (
+        _tree_sq_norm(g_sum) if norms else None, moments)
 
   zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
-  (g_sum, l_sum, c_sum), sq = jax.lax.scan(body, zero, (jnp.arange(steps), micro))
-  return g_sum, l_sum, c_sum, sq
+  (g_sum, l_sum, c_sum), (sq, moments) = jax.lax.scan(body, zero, (jnp.arange(steps), micro))
+  return g_sum, l_sum, c_sum, sq, jax.tree.map(lambda m: jnp.mean(m, 0), moments)
 
 
 def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
-                     groups: int | None, accumulation: int = 1) -> tuple[Any, Metrics, Any]:
+                     groups: int | None, accumulation: int = 1
+                     ) -> tuple[Any, Metrics, Any, Any]:
   """Inside shard_map: this device's gradient sum, then the global mean gradient.
 
   Returns (mean gradient over the global batch's real examples, metrics, squared norms
-  of the per-group gradient sums [groups], or None when groups is None). Masked (padding)
+  of the per-group gradient sums [groups], or None when groups is None, batch norm's
+  batch moments averaged over micro-batches, groups and devices). Masked (padding)
   examples contribute nothing, so a partial last batch is an honest mean over fewer
   examples, as in Keras. With accumulation > 1 the groups are the micro-batches.
   """
   n_dev = jax.lax.psum(1, DATA)
   mask = batch["mask"]
-  count = _psum(jnp.sum(mask))
+  count = _psum(jnp.sum(mask)) * targets_per_example(batch)
 
   def loss_sum(params, x, y, m, rng):
-    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    return jnp.sum(losses * m), jnp.sum(correct * m)
+    logits, moments = model.apply({"params": params}, x, train=True, rngs={"dropout": rng},
+                                  mutable=["batch_moments"])
+    losses, correct = _losses(logits, y, m)
+    return jnp.sum(losses), (jnp.sum(correct), dict(moments.get("batch_moments", {})))
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
   group_sq = None
   if accumulation > 1:
-    g_sum, l_sum, c_sum, group_sq = _accumulate(grad_fn, params, batch, rng, accumulation,
-                                                norms=groups is not None)
+    g_sum, l_sum, c_sum, group_sq, moments = _accumulate(
+        grad_fn, params, batch, rng, accumulation, norms=groups is not None)
   elif groups is None:
-    (l_sum, c_sum), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
+    (l_sum, (c_sum, moments)), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
   else:
     # A loop, not vmap: vmap makes every weight-gradient matmul a batched dot, which
     # XLA CPU runs far slower (k=32 MLP epoch: 15x; experiments/benchmark_noise_overhead.py).
@@ -157,9 +183,10 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
     part = lambda a, i: a[i * size:(i + 1) * size]
     outs = [grad_fn(params, part(batch["x"], i), part(batch["y"], i), part(mask, i), rngs[i])
             for i in range(groups)]
-    l_sum, c_sum = sum(o[0][0] for o in outs), sum(o[0][1] for o in outs)
+    l_sum, c_sum = sum(o[0][0] for o in outs), sum(o[0][1][0] for o in outs)
     group_sq = jnp.stack([_tree_sq_norm(o[1]) for o in outs])
     g_sum = jax.tree.map(lambda *g: sum(g[1:], g[0]), *(o[1] for o in outs))
+    moments = jax.tree.map(lambda *m: sum(m[1:], m[0]) / groups, *(o[0][1][1] for o in outs))
 
   # Weighting each device's gradient by n_dev / count makes the pmean the mean over all
   # real examples; with a full batch this is exactly pmap's pmean of per-device mean
@@ -168,7 +195,7 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
   grads = jax.tree.map(lambda g: _pmean(g * weight), g_sum)
   metrics = dict(loss=_psum(l_sum) / jnp.maximum(count, 1.0), correct=_psum(c_sum),
                  count=count)
-  return grads, metrics, group_sq
+  return grads, metrics, group_sq, jax.tree.map(_pmean, moments)
 
 
 def make_grad_fn(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], Any]:
@@ -198,7 +225,7 @@ def apply_update(tx: optax.GradientTransformation, lr_fn: LrFn, state: TrainStat
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
                     mesh: Mesh, *, accumulation_steps: int = 1, noise_scale: bool = False,
-                    check_gradients: bool = True
+                    check_gradients: bool = True, bn_momentum: float = 0.9
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
 
@@ -207,6 +234,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   gradient that is not finite freezes the state and records the step in diverged_at.
 
   accumulation_steps: micro-batches per device per update (module docstring).
+
+  Batch norm's running averages move once per update, toward the batch moments
+  averaged over devices and micro-batches: r <- bn_momentum r + (1 - bn_momentum) m.
 
   noise_scale=True also returns the squared gradient norms that the online noise-scale
   estimate needs (sgdlab.noise): each device's local gradient (B_small = k / n) and
@@ -229,9 +259,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
     dev = jax.lax.axis_index(DATA)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), dev)
     # With noise_scale, per-group sums even with one group: the local gradient is needed.
-    grads, metrics, group_sq = _local_gradients(model, state.params, batch, rng,
-                                                groups if noise_scale else None,
-                                                accumulation_steps)
+    grads, metrics, group_sq, moments = _local_gradients(
+        model, state.params, batch, rng, groups if noise_scale else None, accumulation_steps)
+    batch_stats = jax.tree.map(lambda r, m: bn_momentum * r + (1 - bn_momentum) * m,
+                               state.batch_stats, moments)
 
     params, opt_state, lr = apply_update(tx, lr_fn, state, grads)
 
@@ -243,14 +274,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
     new_state = state.replace(
         step=jnp.where(ok, state.step + 1, state.step),
         params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-        diverged_at=diverged_at)
+        batch_stats=keep(batch_stats, state.batch_stats), diverged_at=diverged_at)
 
     metrics["lr"] = lr
     if noise_scale:
       # |G_small|^2: mean over devices and groups of each group's own mean gradient;
       # |G_big|^2: the averaged gradient. Only meaningful on full batches.
       local_k = batch["mask"].shape[0]
-      small_sq = jnp.mean(group_sq) / jnp.float32(local_k / groups) ** 2
+      per_group = local_k / groups * targets_per_example(batch)  # targets in a group's sum
+      small_sq = jnp.mean(group_sq) / jnp.float32(per_group) ** 2
       metrics.update(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
                      b_small=jnp.float32(local_k // groups), b_big=jnp.float32(local_k * n_dev),
                      full=(metrics["count"] == local_k * n_dev).astype(jnp.float32))
@@ -262,15 +294,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
 
 def make_eval_step(model: nn.Module, mesh: Mesh
                    ) -> Callable[[Any, Batch], Metrics]:
-  """Sums of loss and correct predictions over a sharded, masked batch (no dropout)."""
+  """Sums of loss and correct predictions over a sharded, masked batch (no dropout), of
+    the model applied with `eval_variables(state)`: parameters and running averages."""
 
-  def local_eval(params: Any, batch: Batch) -> Metrics:
-    logits = model.apply({"params": params}, batch["x"], train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
-    m = batch["mask"]
+  def local_eval(variables: Any, batch: Batch) -> Metrics:
+    logits = model.apply(variables, batch["x"], train=False)
+    losses, correct = _losses(logits, batch["y"], batch["mask"])
     return jax.tree.map(_psum, dict(
-        loss_sum=jnp.sum(losses * m), correct=jnp.sum(correct * m), count=jnp.sum(m)))
+        loss_sum=jnp.sum(losses), correct=jnp.sum(correct),
+        count=jnp.sum(batch["mask"]) * targets_per_example(batch)))
 
   return jax.shard_map(local_eval, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),
                        check_vma=False)
