@@ -7,7 +7,8 @@ are read from `compiled.memory_analysis()`:
   train step = argument + output + temp - alias   (peak_memory_in_bytes omits temp on CPU)
   per device = data + max(train step, eval step + optimizer state) + runtime terms
 
-`data` is the dataset the trainer keeps on every device (train and test, float32).
+`data` is the dataset the trainer keeps on every device (train and test, in their stored
+dtype: uint8 pixels are 1 byte, float32 4).
 Runtime terms are what XLA's analysis does not count (`sgdlab.memory.cpu_runtime`).
 
 What is promised is what the trainer runs (its advance scan over an epoch and its
@@ -94,10 +95,15 @@ def _struct(shape: Sequence[int], dtype: Any, sharding: NamedSharding) -> jax.Sh
   return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
 
 
-def batch_struct(k: int, input_shape: Sequence[int], mesh: Mesh) -> dict[str, Any]:
-  """The abstract global batch, sharded as shard_map's in_specs require."""
+def batch_struct(k: int, input_shape: Sequence[int], mesh: Mesh,
+                 dtype: Any = jnp.float32, seq_len: int = 0) -> dict[str, Any]:
+  """The abstract global batch (images in their stored dtype; for text, int32 windows
+  and their targets), sharded as shard_map's in_specs require."""
   sharded = NamedSharding(mesh, P(step.DATA))
-  return dict(x=_struct((k, *input_shape), jnp.float32, sharded),
+  if seq_len:
+    x = _struct((k, seq_len), jnp.int32, sharded)
+    return dict(x=x, y=x, mask=_struct((k,), jnp.float32, sharded))
+  return dict(x=_struct((k, *input_shape), dtype, sharded),
               y=_struct((k,), jnp.int32, sharded), mask=_struct((k,), jnp.float32, sharded))
 
 
@@ -113,34 +119,55 @@ class Layer:
   workspace_bytes: int  # CPU runtime buffer of a conv's forward pass, per example
 
 
-def _kind(module: Any) -> str:
-  """A layer's kind by what it is (a remat block such as DenseReLU is a dense layer)."""
+def _kind(module: Any) -> str | None:
+  """A layer's kind by what it is (a remat block such as DenseReLU is a dense layer);
+  None for containers (blocks, the model), whose layers get the rows."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from sgdlab.models.batchnorm import BatchNorm  # pylint: disable=g-import-not-at-top
   from sgdlab.models.conv import Conv  # pylint: disable=g-import-not-at-top
-  for cls, kind in ((Conv, "conv"), (nn.Conv, "conv"), (nn.Dense, "dense")):
+  from sgdlab.models.transformer import CausalSelfAttention, TokenEmbedding  # noqa
+  for cls, kind in ((Conv, "conv"), (nn.Conv, "conv"), (nn.Dense, "dense"),
+                    (BatchNorm, "batchnorm"), (nn.LayerNorm, "layernorm"),
+                    (CausalSelfAttention, "attention"), (TokenEmbedding, "embedding"),
+                    (nn.Embed, "embedding"), (nn.Dropout, "dropout")):
     if isinstance(module, cls):
       return kind
-  return type(module).__name__.lower()
+  return None
+
+
+def _activation_bytes(module: Any, kind: str, out_shape: Sequence[int]) -> int:
+  """Float32 bytes per example a layer keeps for the backward pass: its output; for
+  attention also q, k, v and the [heads, L, L] probabilities, which grow as L^2."""
+  out = 4 * math.prod(out_shape[1:])
+  if kind == "attention":
+    length = out_shape[1]
+    return 4 * out + 4 * module.heads * length * length
+  return out
 
 
 def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
-  """Per layer, from one abstract forward pass; shape-changing functions between
-  layers (pooling) get a row of their own, reshapes do not.
+  """Per layer, from one abstract forward pass: every conv, dense, dropout, batch or
+  layer norm, attention and embedding (token lookup and, tied, the output projection), inside
+  blocks too; shape-changing functions between layers (pooling) get a row of their
+  own, reshapes and residual additions do not. Parameters held by no layer (a learned
+  position table) get a row of kind "parameter".
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  calls, active = [], set()
+  calls, active = [], []
 
   def record(next_fun, args, kwargs, context):
-    # The model's own layers, outermost call only (a block's __call__ calls its layer's).
+    # Each layer's outermost call only (a block's layer calls its parent class's).
     module = context.module
-    if context.method_name != "__call__" or len(module.path) != 1 or module.path in active:
+    kind = _kind(module)
+    if kind is None or context.method_name not in ("__call__", "attend") or active:
       return next_fun(*args, **kwargs)
-    active.add(module.path)
+    active.append(module.path)
     try:
       out = next_fun(*args, **kwargs)
     finally:
-      active.discard(module.path)
-    calls.append((module, args[0].shape, out.shape))
+      active.pop()
+    name = "/".join(module.path) + ("" if context.method_name == "__call__" else ".attend")
+    calls.append((name, module, kind, tuple(args[0].shape), tuple(out.shape)))
     return out
 
   def forward(params, x):
@@ -148,11 +175,13 @@ def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Lay
       return model.apply({"params": params}, x, train=False)
 
   jax.eval_shape(forward, params, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
-  rows, previous = [], (1, *input_shape)
-  for module, in_shape, out_shape in calls:
-    if math.prod(in_shape) != math.prod(previous):
-      rows.append(Layer("(function)", "pool", tuple(in_shape[1:]), 0, 4 * math.prod(in_shape), 0))
-    kind = _kind(module)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  owned = set()
+  rows, seen = [], {math.prod((1, *input_shape))}
+  for name, module, kind, in_shape, out_shape in calls:
+    if math.prod(in_shape) not in seen and kind not in ("embedding",):
+      rows.append(Layer("(function)", "pool", in_shape[1:], 0, 4 * math.prod(in_shape), 0))
     workspace = 0
     if kind == "conv":  # the forward pass's buffer, as in conv_workspace_bytes
       window, c_in = math.prod(module.kernel_size), in_shape[-1]
@@ -161,11 +190,15 @@ def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Lay
       else:
         reach = [o + k - 1 for o, k in zip(out_shape[1:-1], module.kernel_size)]
         workspace = 4 * math.prod(reach) * c_in
-    n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(params.get(module.name, {})))
-    rows.append(Layer(module.name, kind, tuple(out_shape[1:]), n_params,
-                      4 * math.prod(out_shape), workspace))
-    previous = out_shape
-  return rows
+    prefix = "/".join(module.path) + "/"
+    mine = [] if name.endswith(".attend") else [p for p in flat if p.startswith(prefix)]
+    owned.update(mine)
+    rows.append(Layer(name, kind, out_shape[1:], sum(math.prod(flat[p].shape) for p in mine),
+                      _activation_bytes(module, kind, out_shape), workspace))
+    seen.add(math.prod(out_shape))
+  loose = [Layer(p, "parameter", tuple(flat[p].shape), math.prod(flat[p].shape), 0, 0)
+           for p in flat if p not in owned]
+  return loose + rows
 
 
 class Estimator:
@@ -197,11 +230,14 @@ class Estimator:
     self.abstract_state = replicated_structs(program.abstract_state(), mesh)
     self.state_bytes = _nbytes(self.abstract_state)
     self.param_bytes = _nbytes(self.abstract_state.params)
-    example = math.prod(self.spec.input_shape) * 4 + 4  # float32 pixels, int32 label
+    pixel = np.dtype(self.spec.dtype).itemsize  # as stored: uint8 1 byte, float32 4
+    # An example and its int32 label; text: a window's tokens, one byte each.
+    example = (self.spec.seq_len if self.spec.seq_len
+               else math.prod(self.spec.input_shape) * pixel + 4)
     self.streamed = self.config.data.pipeline == "grain"  # batches only, no resident set
-    self.data_bytes = 0 if self.streamed else (self.spec.n_train + self.spec.n_test) * example
-    self.eval_k = (-(-min(self.config.eval_batch_size, self.spec.n_test) // mesh.size)
-                   * mesh.size)
+    self.data_bytes = 0 if self.streamed else (
+        self.spec.n_train + self.spec.n_test + self.spec.n_validation) * example
+    self.eval_k = program.eval_batch(self.spec.n_test)
     self._eval: Compiled | None = eval_from.eval_step() if eval_from else None
     self._evaluate: Compiled | None = eval_from._evaluate if eval_from else None
     self.epochs: dict[int, Compiled] = {}  # the trainer's epoch program per k
@@ -222,7 +258,8 @@ class Estimator:
       program = self.program(k)
       self.compiles += 1
       self.probes[k] = compile_memory(program.train_step, self.abstract_state,
-                                      batch_struct(k, self.spec.input_shape, self.mesh),
+                                      batch_struct(k, self.spec.input_shape, self.mesh,
+                                                   self.spec.dtype, self.spec.seq_len),
                                       cpu=self.cpu)
       logging.info("k=%d: %s per device (compiled in %.2fs)", k,
                    format_bytes(self.total(k)), self.probes[k].seconds)
@@ -233,8 +270,9 @@ class Estimator:
     if self._eval is None:
       program = self.program(self.unit)
       self.compiles += 1
-      self._eval = compile_memory(program.eval_step, self.abstract_state.params,
-                                  batch_struct(self.eval_k, self.spec.input_shape, self.mesh),
+      self._eval = compile_memory(program.eval_step, step.eval_variables(self.abstract_state),
+                                  batch_struct(self.eval_k, self.spec.input_shape, self.mesh,
+                                               self.spec.dtype, self.spec.seq_len),
                                   cpu=self.cpu)
     return self._eval
 
@@ -264,7 +302,7 @@ class Estimator:
   def breakdown(self, k: int) -> dict[str, int]:
     """Lines that sum to total(k): where the bytes of one device go at this k."""
     c = self.train_step(k)
-    lines = {"data (train + test, on every device)": self.data_bytes,
+    lines = {"data (every split, on every device)": self.data_bytes,
              "parameters": self.param_bytes,
              "optimizer state": self.state_bytes - self.param_bytes,
              "batch": c.argument - self.state_bytes,
@@ -286,19 +324,24 @@ class Estimator:
     if self.streamed:
       return self._streamed_trainer_total(k)
     rep = NamedSharding(self.mesh, P())
-    n, m, shape = self.spec.n_train, self.spec.n_test, self.spec.input_shape
-    train_data = (_struct((n, *shape), jnp.float32, rep), _struct((n,), jnp.int32, rep))
-    test_data = (_struct((m, *shape), jnp.float32, rep), _struct((m,), jnp.int32, rep))
+    n, m, shape, dtype = (self.spec.n_train, self.spec.n_test, self.spec.input_shape,
+                          self.spec.dtype)
+    if self.spec.seq_len:  # token streams (a test split of m windows: m L + 1 tokens)
+      train_data = (_struct((self.spec.train_tokens,), dtype, rep), _struct((0,), jnp.int32, rep))
+      test_data = (_struct((m * self.spec.seq_len + 1,), dtype, rep),
+                   _struct((0,), jnp.int32, rep))
+    else:
+      train_data = (_struct((n, *shape), dtype, rep), _struct((n,), jnp.int32, rep))
+      test_data = (_struct((m, *shape), dtype, rep), _struct((m,), jnp.int32, rep))
     if self._evaluate is None:
       self.compiles += 1
       self._evaluate = compile_memory(self.program(self.unit).evaluate_fn(),
-                                      self.abstract_state.params, *test_data, cpu=self.cpu)
+                                      step.eval_variables(self.abstract_state), *test_data,
+                                      cpu=self.cpu)
     if k not in self.epochs:
       self.compiles += 1
       program = self.program(k)
-      steps = program.steps_per_call  # the length the trainer compiles
-      feed = dict(idx=_struct((steps, k), jnp.int32, rep),
-                  mask=_struct((steps, k), jnp.float32, rep))
+      feed = program.feed_structs(program.steps_per_call)  # the length the trainer compiles
       self.epochs[k] = compile_memory(program.advance_fn(), self.abstract_state, *train_data,
                                       feed, cpu=self.cpu)
     return self.with_reserve(max(

@@ -189,7 +189,8 @@ class _Costs:
         **plan.fields(), "microbatch_size": 0, "batch_size": n * plan.microbatch_size,
         "model.conv_impl": "xla"}), self.mesh)
     state = replicated_structs(micro.abstract_state(), self.mesh)
-    batch = batch_struct(n * plan.microbatch_size, self.resolved.spec.input_shape, self.mesh)
+    batch = batch_struct(n * plan.microbatch_size, self.resolved.spec.input_shape, self.mesh,
+                         seq_len=self.resolved.spec.seq_len)
     grads = jax.jit(step.make_grad_fn(micro.model, self.mesh)).lower(state.params, batch)
     self.compiles += 1
     micro_cost = _cost(grads.compile())

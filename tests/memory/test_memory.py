@@ -119,7 +119,7 @@ def test_breakdown_adds_up_and_matches_the_shapes(n_devices, mesh1, mesh8):
   # The data line is what the trainer places on every device.
   ds = data.load(config.data)
   placed = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
-  assert lines["data (train + test, on every device)"] == placed
+  assert lines["data (every split, on every device)"] == placed
   assert lines["conv patch buffers (CPU runtime)"] > 0
   # Memory is per device: 8 devices hold an eighth of the activations each.
   if n_devices == 8:
