@@ -49,6 +49,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags, logging
 
 from sgdlab import cli
@@ -64,7 +65,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from noise_checkpoints import noise_run, noise_table
 
-METRICS = ("test_accuracy", "train_loss")
+METRICS = ("test_accuracy", "train_loss", "validation_accuracy", "validation_loss",
+           "validation_bits_per_byte")
+
+
+# The test figure reported beside each tuned metric.
+TEST_OF = {"test_accuracy": "test_accuracy", "train_loss": "test_loss",
+           "validation_accuracy": "test_accuracy", "validation_loss": "test_loss",
+           "validation_bits_per_byte": "test_bits_per_byte"}
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -93,6 +101,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       noise_length=4.0,  # that run's length, in multiples of its k's steps to target
       noise_checkpoints=4,  # checkpoints of that run with exact and fixed-params B_simple
       noise_fixed_batches=400,  # batches averaged at each checkpoint
+      seeds=(0,),  # each (k, lr) runs every seed; its steps are their mean
   ))
   if variant == "cnn":
     c.model.name, c.model.conv_dropout, c.model.dense_dropout = "cnn", 0.0, 0.0
@@ -132,7 +141,9 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
     raise ConfigError("steps_to_target.metric", s.metric, f"one of {list(METRICS)}")
   if not (isinstance(s.target, (int, float)) and math.isfinite(s.target)):
     raise ConfigError("steps_to_target.target", s.target, "a finite number")
-  if s.metric == "test_accuracy" and not 0 < s.target <= 1:
+  if not s.seeds or any(not isinstance(x, int) or x < 0 for x in s.seeds):
+    raise ConfigError("steps_to_target.seeds", tuple(s.seeds), "integers >= 0, at least one")
+  if s.metric.endswith("accuracy") and not 0 < s.target <= 1:
     raise ConfigError("steps_to_target.target", s.target, "an accuracy in (0, 1]")
   if s.noise_length <= 0:
     raise ConfigError("steps_to_target.noise_length", s.noise_length, "a number > 0")
@@ -188,18 +199,27 @@ def make_runner(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, 
   target = loop.Target(s.metric, float(s.target))
 
   def run_lr(learning_rate: float, limit: int) -> dict[str, Any]:
-    run = base.for_members([resolved.with_fields(learning_rate=float(learning_rate))])
-    start = time.perf_counter()
-    (h,) = loop.run_loop(run, eval_steps=eval_schedule(limit, s.eval_growth), target=target,
-                         max_steps=limit)
-    if h.reached is not None:
-      status = "reached"
-    elif h.diverged:
-      status = h.diverged.split(" (")[0]
-    else:
-      last = h.evals.get(s.metric, [math.nan])[-1]
-      status = f"not reached in {limit} steps (last {s.metric} {float(last):.4f})"
-    return dict(k=k, learning_rate=learning_rate, steps=h.reached, status=status,
+    """Every seed; the steps are their mean, reached only if every seed reached."""
+    start, reached, tests, status = time.perf_counter(), [], [], "reached"
+    for seed in s.seeds:
+      run = base.for_members([resolved.with_fields(learning_rate=float(learning_rate),
+                                                   seed=int(seed))])
+      (h,) = loop.run_loop(run, eval_steps=eval_schedule(limit, s.eval_growth),
+                           target=target, max_steps=limit)
+      if h.reached is None:
+        last = h.evals.get(s.metric, [math.nan])[-1]
+        status = (h.diverged.split(" (")[0] if h.diverged else
+                  f"not reached in {limit} steps (last {s.metric} {float(last):.4f})")
+        if len(s.seeds) > 1:
+          status += f" (seed {seed})"
+        break
+      reached.append(h.reached)
+      # The test figure where the tuned metric reached the target (validation tunes lr).
+      tests.append(h.evals[TEST_OF[s.metric]][h.evals["step"].index(h.reached)])
+    done = status == "reached"
+    return dict(k=k, learning_rate=learning_rate, status=status,
+                steps=int(round(float(np.mean(reached)))) if done else None,
+                seed_steps=reached, test_at_target=float(np.mean(tests)) if done else None,
                 wall_time=time.perf_counter() - start,
                 microbatch_size=resolved.microbatch_size,
                 accumulation_steps=resolved.accumulation_steps)
@@ -267,8 +287,9 @@ def best_runs(runs: list[dict]) -> dict[int, dict]:
 
 
 def table(ks: list[int], runs: list[dict], best: dict[int, dict], fit) -> str:
-  head = "| k | micro-batch | best lr | steps | examples | fit S(k) | lrs tried (steps) |"
-  rows = [head, "|---:|---:|---:|---:|---:|---:|---|"]
+  head = ("| k | micro-batch | best lr | steps | examples | fit S(k) | test at target "
+          "| lrs tried (steps) |")
+  rows = [head, "|---:|---:|---:|---:|---:|---:|---:|---|"]
   for k in ks:
     tried = ", ".join(f"{r['learning_rate']:.3g} ({r['steps'] if r['steps'] else '-'})"
                       for r in runs if r["k"] == k)
@@ -278,10 +299,10 @@ def table(ks: list[int], runs: list[dict], best: dict[int, dict], fit) -> str:
     micro = (f"{first['microbatch_size']} x {first['accumulation_steps']}"
              if first.get("accumulation_steps", 1) > 1 else "-")
     if b is None:
-      rows.append(f"| {k} | {micro} | - | not reached | - | {fit_s} | {tried} |")
+      rows.append(f"| {k} | {micro} | - | not reached | - | {fit_s} | - | {tried} |")
     else:
       rows.append(f"| {k} | {micro} | {b['learning_rate']:.3g} | {b['steps']} | "
-                  f"{b['steps'] * k:,} | {fit_s} | {tried} |")
+                  f"{b['steps'] * k:,} | {fit_s} | {b['test_at_target']:.4g} | {tried} |")
   return "\n".join(rows)
 
 

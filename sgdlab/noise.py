@@ -12,6 +12,8 @@ Three ways to get at it, from cheap to exact:
     tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
   are unbiased; each is averaged (EMA) on its own and B_simple is their ratio, since
   the ratio of noisy estimates is biased. `online_estimates`, `NoiseEMA`.
+  `windowed_curve` (sgdlab.noise_window) replaces the EMA's ~20-step lag with
+  exponential trends fitted over a few steps and read at the current one.
 * The same estimate at FIXED parameters, averaged over many batches: the train step
   is run and its update thrown away (`online_at_fixed_params`).
 * Exact, from per-example gradients over a whole dataset (`exact`).
@@ -39,6 +41,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sgdlab.noise_window import trend_at, windowed_curve  # pylint: disable=unused-import
 from sgdlab.train import step as step_lib
 
 # (params, x, y) for ONE example (no batch axis) -> scalar loss.

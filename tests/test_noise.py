@@ -194,6 +194,96 @@ def test_ema_curve_is_what_noise_ema_reports():
   assert curve.shape == (30,) and math.isclose(curve[-1], ema.values()[2])
 
 
+def test_windowed_trend_matches_a_hand_computation():
+  # Causal window of 3 at s=2 over 2, 4, 6 (offsets -2, -1, 0): with q = exp(-b) the
+  # centroid equation (-2q^2 - q) / (q^2 + q + 1) = -2/3 gives 4q^2 + q - 2 = 0, and the
+  # trend at s is the total over the weights: 12 / (q^2 + q + 1).
+  q = (math.sqrt(33) - 1) / 8
+  causal = noise.trend_at([2.0, 4.0, 6.0], 3)
+  assert causal.shape == (4,)
+  np.testing.assert_allclose(causal[2], 12 / (q * q + q + 1), rtol=1e-9)
+  np.testing.assert_allclose(causal[0], 2.0)  # one entry: its value
+  np.testing.assert_allclose(causal[1], 4.0)  # two entries: the curve through both, at s
+  np.testing.assert_allclose(causal[3], 9.0)  # s = n: 4, 6 continued one step
+  # Two-sided, half-width 1, at s=1: r = exp(b) solves 2r^2 - r - 4 = 0.
+  r = (1 + math.sqrt(33)) / 4
+  two = noise.trend_at([2.0, 4.0, 6.0], 1, two_sided=True)
+  np.testing.assert_allclose(two[1], 12 / (r + 1 + 1 / r), rtol=1e-9)
+  # NaNs (partial batches) are left out: 3 and 5 either side meet at their geometric mean.
+  np.testing.assert_allclose(noise.trend_at([3.0, np.nan, 5.0], 1, two_sided=True)[1],
+                             math.sqrt(15), rtol=1e-9)
+  np.testing.assert_allclose(noise.trend_at([4.0, 4.0, np.nan, 4.0], 8), 4.0)  # flat: the mean
+  # B_simple is the ratio of the two trends.
+  b = noise.windowed_curve([1.0, 2.0, 4.0], [3.0, 3.0, 3.0], 3)
+  np.testing.assert_allclose(b, [3.0, 1.5, 0.75, 0.375], rtol=1e-9)  # 3 / 2^s
+  # Two entries: the exponential through both, unless steeper than max_rate per step
+  # (4x per step > e^1): then slope e^1 per step, the total 5 kept.
+  np.testing.assert_allclose(noise.trend_at([1.0, 2.0], 2)[1], 2.0, rtol=1e-9)
+  np.testing.assert_allclose(noise.trend_at([1.0, 4.0], 2)[1], 5 / (1 + math.exp(-1)), rtol=1e-9)
+  np.testing.assert_allclose(noise.trend_at([1.0, 4.0], 2, max_rate=2.0)[1], 4.0, rtol=1e-9)
+
+
+def test_windowed_curve_edge_cases():
+  assert np.isnan(noise.windowed_curve([np.nan], [np.nan], 3)).all()
+  assert np.isinf(noise.windowed_curve([-1.0, 0.5], [10.0, 10.0], 3)[1])  # |G|^2 <= 0
+  assert noise.windowed_curve([], [], 3).shape == (1,)
+  with pytest.raises(ValueError):
+    noise.windowed_curve([1.0], [1.0], 0)
+
+
+def _fast_changing(n=120, seed=0):
+  # |G|^2 falls 100x in 60 steps then rises, tr(Sigma) rises 3x: B_simple ~ 1 -> ~300
+  # -> back down. Unbiased estimates with 15% (|G|^2) and 20% (tr) Gaussian noise.
+  s = np.arange(n + 1, dtype=np.float64)
+  g = 2.0 * np.exp(-0.077 * np.minimum(s, 60) + 0.05 * np.maximum(s - 60, 0))
+  t = 2.0 * np.exp(0.018 * s)
+  rng = np.random.default_rng(seed)
+  g_est = g[:n] * (1 + 0.15 * rng.normal(size=n))
+  t_est = t[:n] * (1 + 0.2 * rng.normal(size=n))
+  g_est[15::16] = np.nan  # partial batches
+  return t / g, g_est, t_est
+
+
+def test_windowed_curve_tracks_a_fast_change_where_the_ema_lags():
+  truth, g, t = _fast_changing()
+  ema = np.r_[np.nan, noise.ema_curve(g, t, 0.95)]  # ema[s]: after s steps, as the checkpoints
+  err = lambda b: np.abs(np.log(b[10:] / truth[10:]))
+  assert np.median(err(ema)) > np.log(2)  # the EMA is off by more than 2x
+  # Median within 20% / 12%; 90% of steps within 1.6x / 1.4x (the worst: just after the turn).
+  for window, tol, q90 in ((3, 0.2, 1.6), (8, 0.12, 1.4)):
+    causal = noise.windowed_curve(g, t, window)
+    assert causal.shape == (len(g) + 1,)
+    assert np.median(err(causal)) < np.log(1 + tol), (window, np.median(err(causal)))
+    assert np.quantile(err(causal), 0.9) < np.log(q90)
+  post_hoc = noise.windowed_curve(g, t, 6, two_sided=True)
+  assert np.median(err(post_hoc)) < np.log(1.1)
+  # Causal: the estimate at s (entries <= s) does not change when later entries do.
+  g2 = g.copy()
+  g2[50:] *= 5
+  np.testing.assert_array_equal(noise.windowed_curve(g2, t, 8)[:50],
+                                noise.windowed_curve(g, t, 8)[:50])
+  # Without noise an exponential is recovered exactly, causal and two-sided.
+  s = np.arange(40.0)
+  exact = noise.windowed_curve(np.exp(-0.3 * s), 5 * np.exp(0.1 * s), 4)
+  np.testing.assert_allclose(exact, 5 * np.exp(0.4 * np.arange(41.0)), rtol=1e-9)
+  exact = noise.windowed_curve(np.exp(-0.3 * s), 5 * np.exp(0.1 * s), 4, two_sided=True)
+  np.testing.assert_allclose(exact[:40], 5 * np.exp(0.4 * s), rtol=1e-9)
+
+
+def test_noise_table_reports_the_window_estimates():
+  path = os.path.join(REPO, "experiments", "noise_checkpoints.py")
+  spec = importlib.util.spec_from_file_location("noise_checkpoints", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  ck = dict(step=16, exact_b_simple=10.0, online_b_simple=10.5, online_b_simple_uncorrected=11.0,
+            ema_b_simple=20.0, window_b_simple=12.0, window_two_sided_b_simple=math.nan)
+  text = module.noise_table(dict(noise_fixed_batches=400, noise_window=3, noise_half_width=2,
+                                 checkpoints=[ck]))
+  assert "trend of last 3 steps (causal)" in text and "2 steps either side" in text
+  assert text.splitlines()[-1] == ("| 16 | 10.0 | 10.5 (+5.0%) | 11.0 (+10.0%) | "
+                                   "20.0 (+100.0%) | 12.0 (+20.0%) | - |")
+
+
 def test_fit_recovers_the_model_and_tolerates_noise():
   k = 2.0 ** np.arange(0, 13)
   exact = noise.fit_steps(k, 300 * (1 + 150 / k))

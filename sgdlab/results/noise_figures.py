@@ -50,7 +50,7 @@ def steps_figure(result: Mapping[str, Any], path: str | os.PathLike | None = Non
       for ax in (ax_s, ax_e):
         ax.axvline(b_online, color="C2", ls="-.", lw=1,
                    label=f"online B_simple at target ({b_online:.0f})" if ax is ax_s else None)
-    what = ("test accuracy" if result["metric"] == "test_accuracy" else "train loss")
+    what = result["metric"].replace("_", " ")
     ax_s.set(xscale="log", yscale="log", xlabel="batch size k", ylabel="steps to target",
              title=f"steps to {what} {result['target']:g}")
     ax_e.set(xscale="log", yscale="log", xlabel="batch size k", ylabel="examples to target",
@@ -77,6 +77,10 @@ def noise_figure(result: Mapping[str, Any], path: str | os.PathLike | None = Non
     fig, (ax_b, ax_g) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     ax_b.plot(steps, _array(n["step_b_simple_ema"]), "-", color="C2", lw=1,
               label=f"online, EMA {n['noise_ema']:g} (k={n['batch_size']})")
+    window = n.get("step_b_simple_window")
+    if window:  # index s: after s steps
+      ax_b.plot(np.arange(len(window)), _array(window), color="C1", lw=1,
+                label=f"online, trend of the last {n['noise_window']} steps")
     per_epoch = n.get("epoch_b_simple_mean")
     if per_epoch:
       spe = math.ceil(n["n_train"] / n["batch_size"])
@@ -120,10 +124,16 @@ def _ema(values: np.ndarray, decay: float) -> np.ndarray:
 
 
 def _online_at_target(result: Mapping[str, Any]) -> float | None:
-  """The online EMA B_simple at the step where the noise run reached the target."""
+  """The online B_simple in training (the windowed trend where recorded, else the EMA)
+  at the step where the noise run reached the target."""
   n = result.get("noise")
-  if not n or not n.get("step_b_simple_ema"):
+  if not n or not (n.get("step_b_simple_window") or n.get("step_b_simple_ema")):
     return None
+  if n.get("step_b_simple_window"):  # index s: after s steps
+    curve = n["step_b_simple_window"]
+    i = min(len(curve) - 1, int(result.get("noise_target_step") or len(curve) - 1))
+    value = curve[i]
+    return None if value is None else float(value)
   curve = n["step_b_simple_ema"]
   i = min(len(curve), int(result.get("noise_target_step") or len(curve))) - 1
   value = curve[i]
