@@ -22,6 +22,7 @@ from sgdlab.config import default_config
 def get_config(variant: str = ""):
   config = default_config()
   config.model.name = "mlp"
+  config.model.kernel_init = "glorot_uniform"  # Keras Dense default, as the classic runs used
   config.model.hidden = (512, 512)
   config.learning_rate = 1.0
   config.lr_decay = 1e-3

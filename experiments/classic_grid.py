@@ -26,6 +26,7 @@ from sgdlab.config import default_config
 def get_config(variant: str = ""):
   config = default_config()
   config.model.name = "mlp"
+  config.model.kernel_init = "glorot_uniform"  # Keras Dense default, as the classic runs used
   config.model.hidden = (512, 512)
   config.lr_decay = 1e-3
   config.num_epochs = 10

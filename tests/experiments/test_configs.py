@@ -52,3 +52,35 @@ def test_steps_to_target_small_variant(tmp_path, monkeypatch):
   result = stt.experiment(stt.get_config("small"), str(tmp_path))
   assert result["best"], result["runs"]
   assert {"steps_to_target.png", "noise_scale.png", "table.md"} <= set(os.listdir(tmp_path))
+
+
+@pytest.mark.slow  # about 70 s: ResNet compiles
+def test_resnet_steps_to_target_small_variant_tunes_on_validation(tmp_path):
+  stt = _module("steps_to_target")
+  config = _module("resnet_cifar_steps_to_target").get_config("small")
+  result = stt.experiment(config, str(tmp_path))
+  assert result["best"], result["runs"]
+  for b in result["best"].values():  # two seeds each, and the test figure at the target
+    assert len(b["seed_steps"]) == 2 and 0 <= b["test_at_target"] <= 1
+  assert result["noise"]["checkpoints"] == []  # batch norm: no exact per-example B_simple
+  assert "test at target" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow  # about 50 s
+def test_lm_steps_to_target_small_variant(tmp_path):
+  stt = _module("steps_to_target")
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+  config = _module("lm_steps_to_target").get_config("small")
+  config.data.path = str(corpus)
+  result = stt.experiment(config, str(tmp_path / "out"))
+  assert result["best"], result["runs"]
+  assert all(b["test_at_target"] > 0 for b in result["best"].values())  # bits per byte
+  assert result["metric"] == "validation_bits_per_byte"
+
+
+def test_the_lm_experiment_writes_python_docs_once_when_no_path_is_given(tmp_path):
+  lm = _module("lm_steps_to_target")
+  path = lm.corpus(str(tmp_path))
+  text = open(path, encoding="utf-8").read()
+  assert len(text) > 100_000 and lm.corpus(str(tmp_path)) == path

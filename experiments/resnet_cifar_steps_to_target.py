@@ -1,0 +1,75 @@
+r"""Steps to a target validation error versus k for ResNet-8 with batch norm, Shallue et
+al. (2018)'s CIFAR-10 setting, with McCandlish et al.'s fit and B_simple beside it.
+
+  python experiments/resnet_cifar_steps_to_target.py --workdir=runs/resnet_cifar \
+      --config.data.dir=/path/to/cifar-10-batches-py
+
+For your CIFAR-10 files (the "python version" batches; sgdlab downloads nothing, so this
+variant does not run without them). ResNet-8 (width 16, batch norm per device, zero-init
+last scale per block), Nesterov momentum 0.9 at a constant lr tuned per k on a sqrt(2)
+grid (extended while the best lr sits on its edge), weight decay 5e-4, crop-and-flip
+augmentation, 10% of the training set held out: the lr is tuned on validation
+accuracy >= 0.6 and the test accuracy at that step is reported, the mean over seeds 0
+and 1. Expect hours on a GPU, days on CPU cores.
+
+  python experiments/resnet_cifar_steps_to_target.py:mnist --workdir=runs/resnet_mnist
+
+The same experiment on the bundled 4,000 MNIST digits, runnable anywhere: ResNet-8 at
+14x14 (data.image_size), target validation accuracy 0.9, k = 16, 64, 256, 1024; about
+25 minutes on 2 CPU cores. The README's table comes from it.
+
+What it shows: where this model's regimes of perfect scaling and diminishing returns
+lie, and whether B_simple (measured online in an ordinary run at k = 256 with the tuned
+lr) predicts the fitted B_noise of S = S_min (1 + B_noise / k): both are in
+steps_to_target.png. Exact per-example B_simple does not apply to batch norm (an
+example's gradient depends on its batch), so this experiment has no exact checkpoints.
+On one device the noise run's step splits the batch in two, and batch norm then
+normalizes over each half (k / 2), as on two devices.
+
+Writes results.json, table.md, steps_to_target.png, noise_scale.png to the workdir
+(experiments/steps_to_target.py does the work).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import steps_to_target
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """variant "": CIFAR-10 from data.dir; "mnist": the bundled digits; "small": seconds."""
+  c = steps_to_target.get_config()
+  c.model.name, c.model.depth, c.model.width = "resnet", 8, 16
+  c.optimizer.name, c.optimizer.momentum, c.optimizer.weight_decay = "nesterov", 0.9, 5e-4
+  c.data.name, c.data.validation_fraction = "cifar10", 0.1
+  c.learning_rate = 0.05
+  s = c.steps_to_target
+  s.metric, s.target, s.seeds = "validation_accuracy", 0.6, (0, 1)
+  s.batch_sizes = (32, 64, 128, 256, 512, 1024, 2048)
+  s.max_lrs, s.max_steps, s.max_examples = 8, 100_000, 20_000_000
+  s.noise_checkpoints = 0  # batch norm: no per-example gradients
+  if variant == "mnist":
+    c.data.name, c.data.image_size = "mnist", 14
+    s.target, s.batch_sizes, s.max_lrs = 0.9, (16, 64, 256, 1024), 5
+    s.max_examples = 1_000_000
+  if variant == "small":
+    c.data.name, c.data.synthetic_num_classes = "synthetic", 2
+    c.data.synthetic_n_train, c.data.synthetic_n_test = 320, 64
+    c.data.synthetic_input_shape = (6, 6, 1)
+    c.model.width = 2
+    c.learning_rate = 0.1
+    s.target, s.batch_sizes, s.max_lrs, s.max_steps = 0.55, (16, 32), 2, 40
+    s.noise_batch_size, s.noise_length = 16, 0.5
+  return c
+
+
+if __name__ == "__main__":
+  from sgdlab import cli  # pylint: disable=g-import-not-at-top
+  cli.define_config_flags(os.path.abspath(__file__))
+  cli.main(steps_to_target.main)
