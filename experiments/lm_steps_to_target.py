@@ -10,7 +10,7 @@ A 2-block Transformer of width 64 (4 heads, tied embedding) at context 64, heavy
 momentum 0.9 at a constant lr as in Shallue et al. (2018), the lr tuned per k on a
 sqrt(2) grid, 10% of the training bytes held out: steps until the validation loss
 first falls to 2.6 bits per byte, the mean over seeds 0 and 1, the test figure at that
-step reported. k = 8, 32, 128 windows; about 20 minutes on 2 CPU cores. The README's
+step reported. k = 8, 32, 128 windows; 47 minutes on 2 CPU cores. The README's
 table comes from this default. Larger: --config.model.width=256
 --config.model.depth=6 --config.data.seq_len=256, a GPU, and a bigger corpus.
 

@@ -123,8 +123,17 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
 
 
 def noise_table(n: dict[str, Any]) -> str:
-  """Exact B_simple at the checkpoints against the online estimates."""
+  """Exact B_simple at the checkpoints against the online estimates; without
+  checkpoints (batch norm, language models), the online estimates per epoch."""
   w, h = n.get("noise_window", WINDOW), n.get("noise_half_width", HALF_WIDTH)
+  if not n["checkpoints"]:
+    fmt = lambda v: "-" if v is None or not math.isfinite(v) else f"{v:.1f}"
+    rows = [f"| epoch | B_simple, ratio of the epoch's mean estimates | the trainer's "
+            f"per-epoch figure | test accuracy | (k={n['batch_size']}, "
+            f"lr {n['learning_rate']:.3g}) |", "|---:|---:|---:|---:|---|"]
+    rows += [f"| {e + 1} | {fmt(a)} | {fmt(b)} | {t:.3f} | |" for e, (a, b, t) in enumerate(
+        zip(n["epoch_b_simple_mean"], n["epoch_b_simple_trainer"], n["test_accuracy"]))]
+    return "\n".join(rows)
   rows = [f"| step | exact B_simple | online, {n['noise_fixed_batches']} batches at fixed "
           f"params | same, without the finite-n correction | online EMA in training | "
           f"online, trend of last {w} steps (causal) | same, {h} steps either side "

@@ -167,6 +167,8 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   optim.validate_schedule(c.schedule)
   if c.batch_size != "auto":
     _check_batch_size(c, spec, n_devices)
+  elif models.has_batch_norm(c.model):
+    _check_auto_batch_norm(c)
   resolved = Resolved(c, spec, n_devices)
   if c.batch_size != "auto":
     optim.validate_schedule(c.schedule, resolved.total_steps)
@@ -206,6 +208,18 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
                       f"at most the training set size {spec.n_train}")
   if models.has_batch_norm(c.model):
     _check_batch_norm(c, spec, k, local, micro, accumulating)
+
+
+def _check_auto_batch_norm(c: ml_collections.ConfigDict) -> None:
+  """The search tries many k: each must keep padding out of the statistics."""
+  if not c.drop_remainder:
+    raise ConfigError("drop_remainder", c.drop_remainder,
+                      f"True for model.name={c.model.name!r} with batch_size='auto' (a "
+                      "last partial batch would put padding into batch norm's statistics)")
+  if c.model.bn_mode == "virtual":
+    raise ConfigError("model.bn_mode", c.model.bn_mode,
+                      "'device' or 'sync' with batch_size='auto' (the search does not keep "
+                      "k a multiple of model.bn_virtual_batch_size); or give batch_size")
 
 
 def _check_batch_norm(c: ml_collections.ConfigDict, spec: data.DataSpec, k: int, local: int,

@@ -145,12 +145,14 @@ def _activation_bytes(module: Any, kind: str, out_shape: Sequence[int]) -> int:
   return out
 
 
-def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
+def layer_table(model: Any, params: Any, input_shape: Sequence[int],
+                batch_stats: Any = None, input_dtype: Any = jnp.float32) -> list[Layer]:
   """Per layer, from one abstract forward pass: every conv, dense, dropout, batch or
   layer norm, attention and embedding (token lookup and, tied, the output projection), inside
   blocks too; shape-changing functions between layers (pooling) get a row of their
   own, reshapes and residual additions do not. Parameters held by no layer (a learned
-  position table) get a row of kind "parameter".
+  position table) get a row of kind "parameter". batch_stats: batch norm's running
+  averages, which an evaluation-mode forward pass reads; input_dtype int32 for tokens.
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   calls, active = [], []
@@ -170,11 +172,12 @@ def layer_table(model: Any, params: Any, input_shape: Sequence[int]) -> list[Lay
     calls.append((name, module, kind, tuple(args[0].shape), tuple(out.shape)))
     return out
 
-  def forward(params, x):
+  def forward(variables, x):
     with nn.intercept_methods(record):
-      return model.apply({"params": params}, x, train=False)
+      return model.apply(variables, x, train=False)
 
-  jax.eval_shape(forward, params, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+  variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+  jax.eval_shape(forward, variables, jax.ShapeDtypeStruct((1, *input_shape), input_dtype))
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   owned = set()

@@ -16,6 +16,7 @@ import math
 import time
 from typing import Any, Callable, Sequence
 
+import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
@@ -73,9 +74,11 @@ class FitReport:
     lines += ["", f"breakdown at k={self.chosen}:"]
     lines += [f"  {name:<48} {format_bytes(v):>12}" for name, v in self.breakdown.items()]
     lines.append(f"  {'total':<48} {format_bytes(sum(self.breakdown.values())):>12}")
-    lines += ["", f"{'layer':<12} {'kind':<8} {'output':<16} {'params':>10} "
+    wn = max([12] + [len(l.name) for l in self.layers])
+    wk = max([8] + [len(l.kind) for l in self.layers])
+    lines += ["", f"{'layer':<{wn}} {'kind':<{wk}} {'output':<16} {'params':>10} "
               f"{'act B/ex':>10} {'patch B/ex':>10}"]
-    lines += [f"{l.name:<12} {l.kind:<8} {str(l.output_shape):<16} {l.params:>10,} "
+    lines += [f"{l.name:<{wn}} {l.kind:<{wk}} {str(l.output_shape):<16} {l.params:>10,} "
               f"{l.activation_bytes:>10,} {l.workspace_bytes:>10,}" for l in self.layers]
     lines += [f"note: {n}" for n in self.notes]
     return "\n".join(lines)
@@ -203,7 +206,8 @@ def find_batch_size(config: ml_collections.ConfigDict | Resolved,
       probes={k: est.total(k) for k in sorted(est.probes)},
       breakdown=breakdown,
       layers=layer_table(est.program(est.unit).model, est.abstract_state.params,
-                         est.spec.input_shape),
+                         est.spec.input_shape, est.abstract_state.batch_stats,
+                         jnp.int32 if est.spec.seq_len else jnp.float32),
       eval_batch_size=est.eval_k, trainer_bytes=trainer_bytes, notes=notes,
       search_seconds=time.perf_counter() - t0, compiles=est.compiles - compiles_before,
       slope_bytes_per_example=slope)

@@ -285,7 +285,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
       small_sq = jnp.mean(group_sq) / jnp.float32(per_group) ** 2
       metrics.update(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
                      b_small=jnp.float32(local_k // groups), b_big=jnp.float32(local_k * n_dev),
-                     full=(metrics["count"] == local_k * n_dev).astype(jnp.float32))
+                     full=(metrics["count"] == local_k * n_dev * targets_per_example(batch)
+                           ).astype(jnp.float32))
     return new_state, metrics
 
   return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()),

@@ -86,7 +86,7 @@ def test_synchronized_batch_norm_on_8_devices_equals_one_device_on_the_whole_bat
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("microbatch", [0, 8])
+@pytest.mark.parametrize("microbatch", [pytest.param(0, marks=pytest.mark.slow), 8])
 def test_running_averages_move_once_per_optimizer_update(mesh1, microbatch):
   """From r = 0 with momentum 0.9: r = 0.1 x the update's moments, whatever the number of
   micro-batches (their moments averaged)."""
@@ -107,6 +107,7 @@ def test_running_averages_move_once_per_optimizer_update(mesh1, microbatch):
                              atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_resnet_resumes_bitwise_with_its_running_averages(mesh1, tmp_path):
   config = _resnet_config(num_epochs=3, checkpoint_every_epochs=1)
   ckpt = str(tmp_path / "ckpt")
@@ -128,6 +129,7 @@ def test_evaluation_reads_the_running_averages(mesh1):
   assert float(run.evaluate(step.eval_variables(shifted))["loss"]) != float(base["loss"])
 
 
+@pytest.mark.slow
 def test_a_resnet_population_is_its_members_run_alone(mesh1):
   members = [_resnet_config(learning_rate=lr, seed=s) for lr, s in ((0.05, 0), (0.02, 1))]
   population = api.train_population(members, mesh=mesh1)
@@ -155,6 +157,9 @@ def test_weight_decay_adds_wd_times_the_weights_to_the_gradient():
     ({"model.bn_mode": "global"}, "model.bn_mode"),
     ({"model.depth": 10}, "model.depth"),
     ({"optimizer.weight_decay": -1.0}, "optimizer.weight_decay"),
+    ({"batch_size": "auto", "drop_remainder": False}, "drop_remainder"),
+    ({"batch_size": "auto", "model.bn_mode": "virtual", "model.bn_virtual_batch_size": 4},
+     "model.bn_mode"),
 ])
 def test_bad_batch_norm_fields_name_the_field(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.") + "="):

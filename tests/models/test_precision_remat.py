@@ -68,7 +68,8 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(name, mesh1)
   assert abs(results["bfloat16"] - results["float32"]) < 1e-2
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet"
+                                  else n for n in IMAGE_MODELS])
 def test_remat_gives_the_same_gradients(name, mesh1):
   grads = []
   for remat in (False, True):

@@ -117,6 +117,7 @@ def _loss_grad(model: Transformer, params, x, y):
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradient():
   """With dropout on: the recomputed blocks draw the same masks."""
   plain, remat = _tiny(depth=1, dropout=0.1), _tiny(depth=1, dropout=0.1, remat=True)

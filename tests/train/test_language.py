@@ -52,7 +52,11 @@ def _hand_loss(model, params, tokens: np.ndarray, starts: np.ndarray, seq_len: i
 
 
 def test_the_step_loss_is_the_mean_per_token_cross_entropy(corpus, mesh1):
-  run = run_lib.create_run(config_lib.resolve(lm_config(corpus), n_devices=1), mesh=mesh1)
+  """Also the noise-scale norms: one device splits the batch in two, |G_small|^2 is the
+  mean of each half's squared mean-per-token gradient norm, |G_big|^2 the whole
+  batch's, and a full batch counts as full."""
+  run = run_lib.create_run(config_lib.resolve(lm_config(corpus, noise_scale=True),
+                                              n_devices=1), mesh=mesh1)
   state = run.init_state()
   feed = run.feed(0, 0, 1)
   _, metrics = run.advance(state, feed)
@@ -60,6 +64,21 @@ def test_the_step_loss_is_the_mean_per_token_cross_entropy(corpus, mesh1):
   tokens = run.dataset.x_train
   want = _hand_loss(run.program.model, jax.device_get(state.params), tokens, starts, 8)
   np.testing.assert_allclose(float(metrics["loss"][0]), want, rtol=1e-5)
+  pos = (starts[:, None] + np.arange(9)) % len(tokens)
+  windows = jnp.asarray(tokens[pos].astype(np.int32))
+
+  def sq_norm_of_mean_grad(w):
+    def loss(p):
+      logits = run.program.model.apply({"params": p}, w[:, :-1])
+      return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), w[:, 1:, None], -1))
+    return sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(jax.grad(loss)(state.params)))
+
+  assert float(metrics["full"][0]) == 1.0
+  assert float(metrics["b_small"][0]) == 4 and float(metrics["b_big"][0]) == 8
+  np.testing.assert_allclose(float(metrics["g_small_sq"][0]), np.mean(
+      [sq_norm_of_mean_grad(windows[:4]), sq_norm_of_mean_grad(windows[4:])]), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["g_big_sq"][0]), sq_norm_of_mean_grad(windows),
+                             rtol=1e-4)
   # The evaluation: every non-overlapping window of the test tokens, from position 0.
   test = run.dataset.x_test
   n = (len(test) - 1) // 8
@@ -95,6 +114,7 @@ def test_history_reports_perplexity_and_bits_per_byte(corpus, mesh1):
   assert e["test_loss"][-1] < math.log(256)  # it learned something about the bytes
 
 
+@pytest.mark.slow
 def test_eight_devices_train_as_one(corpus, mesh1, mesh8):
   c = lm_config(corpus, batch_size=16)
   one = api.train(c, mesh=mesh1)
