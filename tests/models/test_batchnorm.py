@@ -73,7 +73,11 @@ def test_synchronized_batch_norm_on_8_devices_equals_one_device_on_the_whole_bat
   y1, m1 = BatchNorm().apply(params, x, train=True, mutable=["batch_moments"])
   np.testing.assert_allclose(y8, y1, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m8["var"], m1["batch_moments"]["var"], rtol=1e-5)
-  # The whole ResNet's data-parallel gradient, too.
+
+
+@pytest.mark.slow
+def test_the_resnet_gradient_with_synchronized_batch_norm_on_8_devices_is_one_devices(mesh8):
+  x = _x(64)
   model = models.build(config_lib.resolve(_resnet_config(**{"model.bn_mode": "sync"}),
                                           n_devices=8).config.model, 10)
   variables = model.init(jax.random.PRNGKey(1), x[:1])
