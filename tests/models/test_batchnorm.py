@@ -76,7 +76,7 @@ def test_synchronized_batch_norm_on_8_devices_equals_one_device_on_the_whole_bat
 
 
 @pytest.mark.slow
-def test_the_resnet_gradient_with_synchronized_batch_norm_on_8_devices_is_one_devices(mesh8):
+def test_the_resnet_gradient_with_synchronized_batch_norm_on_8_devices_equals_one_device(mesh8):
   x = _x(64)
   model = models.build(config_lib.resolve(_resnet_config(**{"model.bn_mode": "sync"}),
                                           n_devices=8).config.model, 10)
