@@ -1,15 +1,17 @@
 r"""What the online noise-scale estimate costs: examples/s with noise_scale on and off.
 
   python experiments/benchmark_noise_overhead.py [--batch_sizes 32,256,2048] [--repeats 5]
+      [--noise_groups 16]
 
 MLP 784-512-512-10 (no dropout), SGD, the 4,000 bundled MNIST training digits, one
 device by default (--devices=N uses N devices; for fake CPU devices set
 XLA_FLAGS=--xla_force_host_platform_device_count=N first). Each configuration is
 sgdlab's own Run (`sgdlab.train.run.create_run`: epoch plan and advance) plus the host
 sync the trainer does per epoch; evaluation is left out. With noise_scale=True, one
-device computes the gradient of each half of the batch separately (a vmap over two
-groups) and the step returns two more squared norms; on n devices it returns each
-device's local norm. The host side (per-step estimates and the EMA) is timed too.
+device computes the gradient of each half of the batch separately (one after the
+other; --noise_groups=G: of G parts) and the step returns two more squared norms; on
+n devices it returns each device's local norm. The host side (per-step estimates and
+the EMA) is timed too.
 
 Compilation and a warm-up epoch are not timed. On and off alternate, order swapped
 every repeat, so load from other processes falls on both. The table gives median
@@ -37,6 +39,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds over on/off, order swapped
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "256", "2048"], "Batch sizes k.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Devices in the mesh.")
 _LR = flags.DEFINE_float("learning_rate", 0.1, "Constant SGD learning rate.")
+_GROUPS = flags.DEFINE_integer("noise_groups", 0, "config.noise_groups of the 'on' runs.")
 
 
 def make_loop(dataset: data.Dataset, k: int, mesh, noise_scale: bool, lr: float):
@@ -45,6 +48,7 @@ def make_loop(dataset: data.Dataset, k: int, mesh, noise_scale: bool, lr: float)
   c.model.hidden, c.model.dropout = (512, 512), 0.0
   c.schedule.name, c.lr_decay = "constant", 0.0
   c.batch_size, c.learning_rate, c.noise_scale = k, lr, noise_scale
+  c.noise_groups = _GROUPS.value
   run = run_lib.create_run(config_lib.resolve(c, n_devices=mesh.size, spec=dataset.spec()),
                            dataset, mesh)
   box = dict(state=run.init_state())
@@ -74,6 +78,7 @@ def main(argv: list[str]) -> None:
         f"{jax.devices()[0].platform} device(s); {_REPEATS.value} repeats x {_EPOCHS.value} "
         f"epochs per setting. ex/s: median (min-max) over epochs; ratio on/off: median "
         f"(range) over repeats.")
+  print(f"noise_groups={_GROUPS.value} (0: two halves on one device)")
   print("| k | noise_scale off ex/s | noise_scale on ex/s | on / off | max param diff |")
   print("|---:|---:|---:|---:|---:|")
   for k in (int(v) for v in _BATCH_SIZES.value):

@@ -57,6 +57,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   s.batch_sizes = (32, 64, 128, 256, 512, 1024, 2048)
   s.max_lrs, s.max_steps, s.max_examples = 8, 100_000, 20_000_000
   s.noise_checkpoints = 0  # batch norm: no per-example gradients
+  # Two halves: batch norm normalizes each small batch on its own, so 16 groups would
+  # measure a model with 16x smaller batch statistics.
+  c.noise_groups = 0
   if variant == "mnist":
     c.data.name, c.data.image_size = "mnist", 14
     s.target, s.batch_sizes, s.max_lrs = 0.9, (16, 64, 256, 1024), 5

@@ -14,15 +14,16 @@ It shows the regimes of Shallue et al. (2018), perfect scaling (doubling k halve
 steps), diminishing returns and no gain at all, as this data and model give them, and
 fits McCandlish et al.'s S = S_min (1 + B_noise / k) to the measured points. Next to
 the fitted B_noise it measures the simple noise scale B_simple = tr(Sigma) / |G|^2:
-online during an ordinary training run at k = 256 (config.noise_scale=True, the tuned
-lr, 4x its steps to target), and at checkpoints of that run both exactly
+online during an ordinary training run at k = 256 (config.noise_scale=True with
+noise_groups=16: small batches of 16; the tuned lr, 4x its steps to target), and at
+checkpoints of that run both exactly
 (per-example gradients over all 4,000 digits) and by the online estimator averaged
 over 400 batches at the checkpoint's parameters.
 
 Writes to the workdir: results.json (every run), table.md, steps_to_target.png,
 noise_scale.png (the noise run: experiments/noise_checkpoints.py). Deterministic: a
-rerun gives the same table. Measured on 2 CPU cores (shared with other jobs): 8 to 9
-minutes wall, about 500 s CPU. Larger settings:
+rerun gives the same table. Measured on 2 CPU cores: about 11 minutes wall (the noise
+run's 16 groups are 2.5 of them). Larger settings:
   --config.data.dir=/path/to/idx  full MNIST (60k): raise steps_to_target.max_examples
   --config.steps_to_target.target=0.95, or .metric=train_loss --config.steps_to_target.target=0.1
   --config.steps_to_target.batch_sizes="(8, 64, 512)"  a subset of k only
@@ -88,6 +89,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.lr_decay = 0.0
   c.learning_rate = 0.01  # the first lr tried at the smallest k
   c.num_epochs = 100  # only read by schedules that need a length (cosine)
+  # The noise run's small batches: 16 of k/16, not two halves (noise_checkpoints.py).
+  c.noise_groups = 16
   c.steps_to_target = ml_collections.ConfigDict(dict(
       batch_sizes=(),  # () = 1, 2, 4, ... below the training set size, and the set size
       metric="test_accuracy",  # test_accuracy (reach >= target) or train_loss (<= target)
@@ -97,7 +100,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       max_steps=30_000,  # per run
       max_examples=3_000_000,  # per run; with max_steps, the budget for one (k, lr)
       eval_growth=1.05,  # check the metric when the step count has grown by this factor
-      noise_batch_size=256,  # k of the online noise-scale run (one device: B_small = k/2)
+      noise_batch_size=256,  # k of the online noise-scale run (B_small = k / noise_groups)
       noise_length=4.0,  # that run's length, in multiples of its k's steps to target
       noise_checkpoints=4,  # checkpoints of that run with exact and fixed-params B_simple
       noise_fixed_batches=400,  # batches averaged at each checkpoint
@@ -154,10 +157,11 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
   for field in ("max_lrs", "max_steps", "max_examples", "noise_fixed_batches"):
     if int(s[field]) < 1:
       raise ConfigError(f"steps_to_target.{field}", s[field], "an integer >= 1")
-  if s.noise_batch_size < 0 or s.noise_batch_size % 2:
+  split = int(config.noise_groups) or 2  # one device: noise_groups parts, or two halves
+  if s.noise_batch_size < 0 or s.noise_batch_size % split:
     raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
-                      "an even integer >= 2 (one device splits the batch in two), or 0: "
-                      "no noise run")
+                      f"a multiple of {split} (one device splits the batch into "
+                      f"noise_groups={config.noise_groups or 2} parts), or 0: no noise run")
   if n_train is not None:
     bad = [k for k in batch_sizes(config, n_train) if not 1 <= k <= n_train]
     if bad:

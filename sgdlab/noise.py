@@ -12,6 +12,10 @@ Three ways to get at it, from cheap to exact:
     tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
   are unbiased; each is averaged (EMA) on its own and B_simple is their ratio, since
   the ratio of noisy estimates is biased. `online_estimates`, `NoiseEMA`.
+  With m small batches of b = B_big / m (`config.noise_groups` splits each device's
+  batch), the tr(Sigma) estimate is b / (m - 1) sum_i |G_i - G_big|^2, a sample
+  variance over m - 1 degrees of freedom: two halves give one, and its noise, not lag,
+  was most of the in-training error early in the MLP/MNIST run (noise_checkpoints.py).
   `windowed_curve` (sgdlab.noise_window) replaces the EMA's ~20-step lag with
   exponential trends fitted over a few steps and read at the current one.
 * The same estimate at FIXED parameters, averaged over many batches: the train step

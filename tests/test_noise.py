@@ -112,14 +112,16 @@ def test_online_estimate_at_fixed_params_is_within_10_percent_of_exact(mesh_name
   assert got.grad_sq_se < 0.03 * grad_sq and got.trace_sigma_se < 0.03 * trace
 
 
-@pytest.mark.parametrize("mesh_name, b_small", [("mesh1", 32), ("mesh8", 8)])
-def test_step_reports_local_and_global_batch_sizes(mesh_name, b_small, request):
-  # B_small is half the batch on one device (the step splits it) and k / n on n devices.
+@pytest.mark.parametrize("mesh_name, groups, b_small", [
+    ("mesh1", 0, 32), ("mesh8", 0, 8), ("mesh1", 8, 8), ("mesh8", 4, 2)])
+def test_step_reports_local_and_global_batch_sizes(mesh_name, groups, b_small, request):
+  # B_small is half the batch on one device (the step splits it) and k / n on n devices;
+  # noise_groups splits each device's share into that many.
   mesh = request.getfixturevalue(mesh_name)
   x, y, params = _softmax_problem()
   state, tx = _state(params)
   train_step = jax.jit(step.make_train_step(LINEAR, tx, lambda c, lr, d: lr, mesh,
-                                            noise_scale=True))
+                                            noise_scale=True, noise_groups=groups))
   batch = jax.device_put(dict(x=x[:64], y=y[:64], mask=np.ones(64, np.float32)),
                          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step.DATA)))
   _, m = train_step(state, batch)
@@ -140,7 +142,7 @@ def test_step_reports_local_and_global_batch_sizes(mesh_name, b_small, request):
 # ------------------------------------------------------------ training is unchanged
 
 
-def _mlp_config(noise_scale):
+def _mlp_config(noise_scale, noise_groups=0):
   c = sgdlab.default_config()
   c.data.name = "synthetic"
   c.data.synthetic_n_train = 256
@@ -152,14 +154,15 @@ def _mlp_config(noise_scale):
   c.num_epochs = 2
   c.learning_rate = 0.3
   c.noise_scale = noise_scale
+  c.noise_groups = noise_groups
   return c
 
 
-@pytest.mark.parametrize("mesh_name", ["mesh1", "mesh8"])
-def test_noise_scale_does_not_change_the_trajectory(mesh_name, request):
+@pytest.mark.parametrize("mesh_name, groups", [("mesh1", 0), ("mesh8", 0), ("mesh1", 8)])
+def test_noise_scale_does_not_change_the_trajectory(mesh_name, groups, request):
   mesh = request.getfixturevalue(mesh_name)
   off = trainer.train(_mlp_config(False), mesh=mesh)
-  on = trainer.train(_mlp_config(True), mesh=mesh)
+  on = trainer.train(_mlp_config(True, groups), mesh=mesh)
   np.testing.assert_allclose(on.steps["loss"], off.steps["loss"], rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(on.state.params), jax.tree.leaves(off.state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -39,8 +39,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = models.default_config()
   c.data = data.default_config()
   c.eval_batch_size = 1000  # no effect on results; bounds eval memory
-  c.noise_scale = False  # online gradient noise scale (sgdlab.noise); splits the batch
+  c.noise_scale = False  # online gradient noise scale (sgdlab.noise); see noise_groups
   c.noise_ema = 0.95  # EMA weight per step for the noise-scale estimates
+  # Small batches per device batch (per micro-batch when accumulating) for the noise
+  # scale: 0 = 2 on one device without accumulation, else 1 (B_small = one device's share).
+  c.noise_groups = 0
   c.checkpoint_every_epochs = 0  # 0: no checkpoints
   c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
   c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device

@@ -19,6 +19,7 @@ import ml_collections
 from sgdlab import data, models, optim
 from sgdlab.config.fields import run_name, set_field
 from sgdlab.errors import ConfigError, check_number
+from sgdlab.train import step
 
 # Compute dtypes; parameters, optimizer state and the loss stay float32.
 DTYPES = ("float32", "bfloat16", "auto")
@@ -91,11 +92,21 @@ class Resolved:
     return run_name(self.config)
 
   @property
-  def batch_unit(self) -> int:
-    """k must be a multiple of this: the device count (twice it when one device splits
-    its batch for the noise scale)."""
+  def noise_groups(self) -> int:
+    """Parts each device's batch (each micro-batch) is split into for the noise scale."""
     c = self.config
-    return self.n_devices * (2 if c.noise_scale and self.n_devices == 1 else 1)
+    if not c.noise_scale:
+      return 1
+    return int(c.noise_groups) or step.default_noise_groups(self.n_devices,
+                                                            self.accumulation_steps)
+
+  @property
+  def batch_unit(self) -> int:
+    """k must be a multiple of this: the device count, times the parts each device's
+    batch is split into for the noise scale."""
+    c = self.config
+    groups = int(c.noise_groups) or step.default_noise_groups(self.n_devices, 1)
+    return self.n_devices * (groups if c.noise_scale else 1)
 
   def with_batch_size(self, k: int) -> Resolved:
     """The same run at batch size k (checked as resolve would)."""
@@ -141,6 +152,8 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
                what="a fraction in [0, 1)")
   check_number("noise_ema", c.noise_ema, low=0, strict=True, high=1, high_open=True,
                what="a number in (0, 1)")
+  check_number("noise_groups", c.noise_groups, low=0, integer=True,
+               what="an integer >= 0 (0: 2 on one device without accumulation, else 1)")
   if c.microbatch_size != "auto":
     check_number("microbatch_size", c.microbatch_size, low=0, integer=True,
                  what='an integer >= 0 (0: no accumulation), or "auto"')
@@ -200,9 +213,19 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
                       f"device(s)), e.g. {below}; or 0 for no accumulation")
   # Accumulating, the micro-batches are the noise scale's small batches: no split.
   accumulating = micro not in (0, "auto") and local // int(micro) > 1
-  if c.noise_scale and n_devices == 1 and k % 2 and not accumulating:
-    raise ConfigError("batch_size", c.batch_size,
-                      "an even number when noise_scale=True on one device (it splits the batch)")
+  split = int(c.noise_groups) or step.default_noise_groups(n_devices, 2 if accumulating else 1)
+  if c.noise_scale and split > 1:
+    unit = int(micro) if accumulating else local
+    if c.noise_groups and unit % split:
+      raise ConfigError("noise_groups", c.noise_groups,
+                        f"a divisor of the {unit} examples each device computes at once "
+                        f"(k={k} over {n_devices} device(s)"
+                        f"{', per micro-batch' if accumulating else ''}), e.g. "
+                        f"{max(d for d in range(1, min(split, unit) + 1) if unit % d == 0)}")
+    if unit % split:
+      raise ConfigError("batch_size", c.batch_size,
+                        "an even number when noise_scale=True on one device (it splits "
+                        "the batch)")
   if k > spec.n_train:
     raise ConfigError("batch_size", c.batch_size,
                       f"at most the training set size {spec.n_train}")
@@ -236,8 +259,10 @@ def _check_batch_norm(c: ml_collections.ConfigDict, spec: data.DataSpec, k: int,
   if micro == "auto":
     raise ConfigError("microbatch_size", micro, "a number with bn_mode='virtual' (the "
                       "planner does not keep micro-batches a multiple of the virtual batch)")
-  seen = int(micro) if accumulating else (local // 2 if c.noise_scale and local == k
-                                          else local)
+  seen = int(micro) if accumulating else local
+  if c.noise_scale:
+    seen //= int(c.noise_groups) or step.default_noise_groups(k // local, 2 if accumulating
+                                                              else 1)
   if seen % vb:
     raise ConfigError("model.bn_virtual_batch_size", vb,
                       f"a divisor of the {seen} examples each device normalizes at once "

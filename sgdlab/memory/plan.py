@@ -216,7 +216,9 @@ def plan_microbatch(resolved: Resolved, budget: Budget | None = None, *,
   budget = budget or device_budget(mesh, c.memory_budget, c.memory_headroom)
   local = resolved.per_device_batch
   if c.microbatch_size == "auto":
-    candidates, remats = divisors(local), (False, True)
+    # Micro-batches the noise scale's groups tile (noise_groups given).
+    candidates = divisors(local, (int(c.noise_groups) or 1) if c.noise_scale else 1)
+    remats = (False, True)
   else:
     candidates, remats = [int(c.microbatch_size) or local], (bool(c.model.remat),)
   dtypes = DTYPES if c.dtype == "auto" else (c.dtype,)

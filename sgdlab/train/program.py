@@ -245,7 +245,8 @@ def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = No
   tx = optim.direction(c.optimizer)
   make_step = functools.partial(step.make_train_step, model, tx, lr_fn, mesh,
                                 accumulation_steps=first.accumulation_steps,
-                                noise_scale=c.noise_scale, bn_momentum=c.model.bn_momentum)
+                                noise_scale=c.noise_scale, noise_groups=first.noise_groups,
+                                bn_momentum=c.model.bn_momentum)
   # uint8 pixels -> [0, 1]; text windows arrive as int32 tokens.
   scaled = ((lambda f: f) if first.spec.seq_len
             else functools.partial(pipeline.scaled_step, scale=first.spec.scale))

@@ -130,22 +130,53 @@ def _losses(logits: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, j
   return losses * m, correct * m
 
 
+def default_noise_groups(n_devices: int, accumulation_steps: int) -> int:
+  """Small batches per device batch (per micro-batch when accumulating) for the noise
+  scale when none are asked for: McCandlish's B_small is one device's share, so only
+  one device without accumulation has to split its batch (in two)."""
+  return 2 if n_devices == 1 and accumulation_steps == 1 else 1
+
+
+def _group_sums(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, groups: int,
+                norms: bool) -> tuple[Any, jax.Array, jax.Array, Any, jax.Array | None]:
+  """Sums of gradient, loss and correct over `groups` equal parts of `batch`, and each
+  part's squared gradient-sum norm [groups] when `norms`; batch norm's moments averaged
+  over the parts (each part is normalized over its own examples)."""
+  if groups == 1:
+    (l_sum, (c_sum, moments)), g_sum = grad_fn(params, batch["x"], batch["y"], batch["mask"],
+                                               rng)
+    return g_sum, l_sum, c_sum, moments, (_tree_sq_norm(g_sum)[None] if norms else None)
+  # A loop, not vmap: vmap makes every weight-gradient matmul a batched dot, which
+  # XLA CPU runs far slower (k=32 MLP epoch: 15x; experiments/benchmark_noise_overhead.py).
+  size, rngs = batch["mask"].shape[0] // groups, jax.random.split(rng, groups)
+  part = lambda a, i: a[i * size:(i + 1) * size]
+  outs = [grad_fn(params, part(batch["x"], i), part(batch["y"], i), part(batch["mask"], i),
+                  rngs[i]) for i in range(groups)]
+  l_sum, c_sum = sum(o[0][0] for o in outs), sum(o[0][1][0] for o in outs)
+  sq = jnp.stack([_tree_sq_norm(o[1]) for o in outs]) if norms else None
+  g_sum = jax.tree.map(lambda *g: sum(g[1:], g[0]), *(o[1] for o in outs))
+  moments = jax.tree.map(lambda *m: sum(m[1:], m[0]) / groups, *(o[0][1][1] for o in outs))
+  return g_sum, l_sum, c_sum, moments, sq
+
+
 def _accumulate(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, steps: int,
-                norms: bool) -> tuple[Any, jax.Array, jax.Array, jax.Array | None]:
-  """Sums of gradient, loss and correct over `steps` micro-batches, one at a time (a
-  scan), and each micro-batch's squared gradient-sum norm when `norms`."""
+                groups: int, norms: bool
+                ) -> tuple[Any, jax.Array, jax.Array, Any, jax.Array | None]:
+  """`_group_sums` over `steps` micro-batches, one at a time (a scan); the squared norms
+  of every micro-batch's groups [steps * groups] when `norms`."""
   micro = jax.tree.map(lambda a: a.reshape(steps, a.shape[0] // steps, *a.shape[1:]), batch)
 
   def body(carry, inputs):
     i, b = inputs
-    (l_sum, (c_sum, moments)), g_sum = grad_fn(params, b["x"], b["y"], b["mask"],
-                                               jax.random.fold_in(rng, i))
+    g_sum, l_sum, c_sum, moments, sq = _group_sums(grad_fn, params, b,
+                                                   jax.random.fold_in(rng, i), groups, norms)
     return (jax.tree.map(jnp.add, carry[0], g_sum), carry[1] + l_sum, carry[2] + c_sum), (
-        _tree_sq_norm(g_sum) if norms else None, moments)
+        sq, moments)
 
   zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
   (g_sum, l_sum, c_sum), (sq, moments) = jax.lax.scan(body, zero, (jnp.arange(steps), micro))
-  return g_sum, l_sum, c_sum, sq, jax.tree.map(lambda m: jnp.mean(m, 0), moments)
+  return (g_sum, l_sum, c_sum, jax.tree.map(lambda m: jnp.mean(m, 0), moments),
+          None if sq is None else sq.reshape(-1))
 
 
 def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
@@ -154,10 +185,10 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
   """Inside shard_map: this device's gradient sum, then the global mean gradient.
 
   Returns (mean gradient over the global batch's real examples, metrics, squared norms
-  of the per-group gradient sums [groups], or None when groups is None, batch norm's
-  batch moments averaged over micro-batches, groups and devices). Masked (padding)
-  examples contribute nothing, so a partial last batch is an honest mean over fewer
-  examples, as in Keras. With accumulation > 1 the groups are the micro-batches.
+  of the per-group gradient sums [accumulation * groups], or None when groups is None,
+  batch norm's batch moments averaged over micro-batches, groups and devices). Masked
+  (padding) examples contribute nothing, so a partial last batch is an honest mean over
+  fewer examples, as in Keras. Groups split each micro-batch when accumulating.
   """
   n_dev = jax.lax.psum(1, DATA)
   mask = batch["mask"]
@@ -170,23 +201,13 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
     return jnp.sum(losses), (jnp.sum(correct), dict(moments.get("batch_moments", {})))
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
-  group_sq = None
+  norms, parts = groups is not None, groups or 1
   if accumulation > 1:
-    g_sum, l_sum, c_sum, group_sq, moments = _accumulate(
-        grad_fn, params, batch, rng, accumulation, norms=groups is not None)
-  elif groups is None:
-    (l_sum, (c_sum, moments)), g_sum = grad_fn(params, batch["x"], batch["y"], mask, rng)
+    g_sum, l_sum, c_sum, moments, group_sq = _accumulate(grad_fn, params, batch, rng,
+                                                         accumulation, parts, norms)
   else:
-    # A loop, not vmap: vmap makes every weight-gradient matmul a batched dot, which
-    # XLA CPU runs far slower (k=32 MLP epoch: 15x; experiments/benchmark_noise_overhead.py).
-    size, rngs = mask.shape[0] // groups, jax.random.split(rng, groups)
-    part = lambda a, i: a[i * size:(i + 1) * size]
-    outs = [grad_fn(params, part(batch["x"], i), part(batch["y"], i), part(mask, i), rngs[i])
-            for i in range(groups)]
-    l_sum, c_sum = sum(o[0][0] for o in outs), sum(o[0][1][0] for o in outs)
-    group_sq = jnp.stack([_tree_sq_norm(o[1]) for o in outs])
-    g_sum = jax.tree.map(lambda *g: sum(g[1:], g[0]), *(o[1] for o in outs))
-    moments = jax.tree.map(lambda *m: sum(m[1:], m[0]) / groups, *(o[0][1][1] for o in outs))
+    g_sum, l_sum, c_sum, moments, group_sq = _group_sums(grad_fn, params, batch, rng, parts,
+                                                         norms)
 
   # Weighting each device's gradient by n_dev / count makes the pmean the mean over all
   # real examples; with a full batch this is exactly pmap's pmean of per-device mean
@@ -225,7 +246,8 @@ def apply_update(tx: optax.GradientTransformation, lr_fn: LrFn, state: TrainStat
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
                     mesh: Mesh, *, accumulation_steps: int = 1, noise_scale: bool = False,
-                    check_gradients: bool = True, bn_momentum: float = 0.9
+                    noise_groups: int = 0, check_gradients: bool = True,
+                    bn_momentum: float = 0.9
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
 
@@ -239,10 +261,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   averaged over devices and micro-batches: r <- bn_momentum r + (1 - bn_momentum) m.
 
   noise_scale=True also returns the squared gradient norms that the online noise-scale
-  estimate needs (sgdlab.noise): each device's local gradient (B_small = k / n) and
-  the averaged one (B_big = k). On one device the batch is split into two halves to
-  get a B_small; when accumulating, the micro-batches are the small batches. The update is the same; only float summation order changes (and,
-  with dropout, the masks drawn).
+  estimate needs (sgdlab.noise): the mean over small batches of each one's own mean
+  gradient, and the averaged gradient (B_big = k). The small batches are each device's
+  batch (each micro-batch, when accumulating) split into `noise_groups` equal parts,
+  B_small = k / (devices * accumulation_steps * noise_groups); 0 takes
+  `default_noise_groups`. More groups make the tr(Sigma) estimate far less noisy
+  (sgdlab.noise) at some speed. The update is the same; only float summation order
+  changes (and, with dropout, the masks drawn; with batch norm, each group is
+  normalized over its own examples).
 
   check_gradients=False leaves out the per-step check of every gradient element (one
   more read of the gradients: 7-11% of a k=32 MLP step); the loss is still checked.
@@ -251,9 +277,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   only when a run breaks).
   """
   n_dev = mesh.size
-  groups = 1
-  if noise_scale:
-    groups = accumulation_steps if accumulation_steps > 1 else (2 if n_dev == 1 else 1)
+  groups = noise_groups or default_noise_groups(n_dev, accumulation_steps)
 
   def local_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     dev = jax.lax.axis_index(DATA)
@@ -281,10 +305,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
       # |G_small|^2: mean over devices and groups of each group's own mean gradient;
       # |G_big|^2: the averaged gradient. Only meaningful on full batches.
       local_k = batch["mask"].shape[0]
-      per_group = local_k / groups * targets_per_example(batch)  # targets in a group's sum
+      b_small = local_k // (accumulation_steps * groups)
+      per_group = b_small * targets_per_example(batch)  # targets in a group's sum
       small_sq = jnp.mean(group_sq) / jnp.float32(per_group) ** 2
       metrics.update(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
-                     b_small=jnp.float32(local_k // groups), b_big=jnp.float32(local_k * n_dev),
+                     b_small=jnp.float32(b_small), b_big=jnp.float32(local_k * n_dev),
                      full=(metrics["count"] == local_k * n_dev * targets_per_example(batch)
                            ).astype(jnp.float32))
     return new_state, metrics

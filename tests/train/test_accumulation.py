@@ -15,7 +15,7 @@ MODEL = models.MLP(hidden=(16, 16), num_classes=10)
 LR_FN = lambda count, lr, decay: lr / (1.0 + decay * count)
 
 
-def _two_steps(mesh, accumulation, mask, noise_scale=False):
+def _two_steps(mesh, accumulation, mask, noise_scale=False, noise_groups=0):
   rng = np.random.default_rng(0)
   batch = dict(x=rng.normal(size=(64, 6, 6, 1)).astype(np.float32),
                y=rng.integers(0, 10, 64).astype(np.int32), mask=mask)
@@ -23,7 +23,8 @@ def _two_steps(mesh, accumulation, mask, noise_scale=False):
   tx = optax.trace(0.9)  # momentum: the update depends on the accumulated gradient twice
   state = step.init_state(MODEL, tx, (6, 6, 1), seed=0, learning_rate=0.5, lr_decay=1e-2)
   train_step = jax.jit(step.make_train_step(MODEL, tx, LR_FN, mesh, noise_scale=noise_scale,
-                                            accumulation_steps=accumulation))
+                                            accumulation_steps=accumulation,
+                                            noise_groups=noise_groups))
   state, _ = train_step(state, batch)
   return train_step(state, batch)
 
@@ -57,6 +58,19 @@ def test_the_micro_batches_are_the_noise_scales_small_batches(n_devices, mesh1, 
   assert float(metrics["g_small_sq"]) > float(plain["g_small_sq"])
 
 
+def test_noise_groups_split_each_micro_batch(mesh1):
+  # 4 micro-batches of 16, each in 2 groups: the same 8 contiguous small batches of 8 as
+  # one step split into 8 groups, and the same update.
+  ones = np.ones(64, np.float32)
+  acc_state, acc = _two_steps(mesh1, 4, ones, noise_scale=True, noise_groups=2)
+  one_state, one = _two_steps(mesh1, 1, ones, noise_scale=True, noise_groups=8)
+  assert float(acc["b_small"]) == float(one["b_small"]) == 8
+  np.testing.assert_allclose(acc["g_small_sq"], one["g_small_sq"], rtol=1e-5)
+  np.testing.assert_allclose(acc["g_big_sq"], one["g_big_sq"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(one_state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_a_run_with_accumulation_counts_updates_and_matches_one_without(mesh1):
   plain = api.train(tiny_config(), mesh=mesh1)
   acc = api.train(tiny_config(microbatch_size=8), mesh=mesh1)  # k=32: 4 micro-steps
@@ -74,6 +88,11 @@ def test_a_run_with_accumulation_counts_updates_and_matches_one_without(mesh1):
     (dict(dtype="float16"), "dtype", "one of ['float32', 'bfloat16', 'auto']"),
     (dict(batch_size="auto", microbatch_size="auto"), "microbatch_size", 'batch_size="auto"'),
     (dict(batch_size="auto", dtype="auto"), "dtype", 'batch_size="auto"'),
+    (dict(noise_scale=True, noise_groups=-1), "noise_groups", "an integer >= 0"),
+    (dict(noise_scale=True, noise_groups=3), "noise_groups", "a divisor of the 32 examples"),
+    (dict(noise_scale=True, noise_groups=3, microbatch_size=8), "noise_groups",
+     "a divisor of the 8 examples each device computes at once (k=32 over 1 device(s), "
+     "per micro-batch), e.g. 2"),
 ])
 def test_bad_accumulation_and_precision_fields_are_named(overrides, field, valid):
   with pytest.raises(ConfigError) as e:
