@@ -27,8 +27,9 @@ def pytest_args(argv: list[str], environ: dict[str, str]) -> list[str]:
   if not argv:
     raise SystemExit("usage: pytest_main.py tests/test_x.py [pytest args]")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # One process: Bazel already runs one target per file, side by side.
   args = [argv[0], "-q", "-ra", "-m", "not slow", f"--rootdir={root}",
-          "-p", "no:cacheprovider"]
+          "-p", "no:cacheprovider", "-n", "0"]
   if "TEST_TMPDIR" in environ:
     args.append("--basetemp=" + os.path.join(environ["TEST_TMPDIR"], "pytest"))
   if "XML_OUTPUT_FILE" in environ:
