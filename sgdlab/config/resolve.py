@@ -211,7 +211,8 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
     raise ConfigError("microbatch_size", micro,
                       f"a divisor of the per-device batch {local} (k={k} over {n_devices} "
                       f"device(s)), e.g. {below}; or 0 for no accumulation")
-  # Accumulating, the micro-batches are the noise scale's small batches: no split.
+  # Accumulating, the micro-batches are the noise scale's small batches, split further
+  # only by an explicit noise_groups.
   accumulating = micro not in (0, "auto") and local // int(micro) > 1
   split = int(c.noise_groups) or step.default_noise_groups(n_devices, 2 if accumulating else 1)
   if c.noise_scale and split > 1:
