@@ -165,13 +165,13 @@ def noise_table(n: dict[str, Any]) -> str:
   return "\n".join(rows)
 
 
-
 def main(argv: list[str]) -> None:
   del argv
   import steps_to_target  # pylint: disable=g-import-not-at-top
   from sgdlab.train import step  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   mesh = step.make_mesh(jax.devices()[:1])
+  dataset = data.load(steps_to_target.get_config().data)  # the same digits for every run
   print("| noise_groups | seed | per checkpoint step: exact B_simple, causal window, EMA "
         "(error against exact) | window within 20% |\n|---:|---:|---|---:|")
   for groups in (int(g) for g in f.noise_groups):
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> None:
       c = steps_to_target.get_config()
       c.seed, c.noise_groups = seed, groups
       c.steps_to_target.noise_fixed_batches = 4  # exact is the reference here
-      r = noise_run(c, data.load(c.data), mesh, f.batch_size, f.learning_rate, f.steps)
+      r = noise_run(c, dataset, mesh, f.batch_size, f.learning_rate, f.steps)
       cks = [x for x in r["checkpoints"] if x["step"]]
       err = lambda v, x: 100 * (v / x["exact_b_simple"] - 1)
       cells = "; ".join(f"{x['step']}: {x['exact_b_simple']:.0f}, "

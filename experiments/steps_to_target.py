@@ -158,11 +158,11 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
   for field in ("max_lrs", "max_steps", "max_examples", "noise_fixed_batches"):
     if int(s[field]) < 1:
       raise ConfigError(f"steps_to_target.{field}", s[field], "an integer >= 1")
-  split = int(config.noise_groups) or 2  # one device: noise_groups parts, or two halves
+  split = step.noise_groups_for(config.noise_groups, 1, False)  # the noise run: one device
   if s.noise_batch_size < 0 or s.noise_batch_size % split:
     raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
                       f"a multiple of {split} (one device splits the batch into "
-                      f"noise_groups={config.noise_groups or 2} parts), or 0: no noise run")
+                      f"noise_groups={split} parts), or 0: no noise run")
   if n_train is not None:
     bad = [k for k in batch_sizes(config, n_train) if not 1 <= k <= n_train]
     if bad:

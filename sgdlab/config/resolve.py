@@ -95,17 +95,15 @@ class Resolved:
   def noise_groups(self) -> int:
     """Parts each device's batch (each micro-batch) is split into for the noise scale."""
     c = self.config
-    if not c.noise_scale:
-      return 1
-    return int(c.noise_groups) or step.default_noise_groups(self.n_devices,
-                                                            self.accumulation_steps)
+    return step.noise_groups_for(c.noise_groups, self.n_devices,
+                                 self.accumulation_steps > 1) if c.noise_scale else 1
 
   @property
   def batch_unit(self) -> int:
     """k must be a multiple of this: the device count, times the parts each device's
     batch is split into for the noise scale."""
     c = self.config
-    groups = int(c.noise_groups) or step.default_noise_groups(self.n_devices, 1)
+    groups = step.noise_groups_for(c.noise_groups, self.n_devices, False)
     return self.n_devices * (groups if c.noise_scale else 1)
 
   def with_batch_size(self, k: int) -> Resolved:
@@ -214,7 +212,7 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
   # Accumulating, the micro-batches are the noise scale's small batches, split further
   # only by an explicit noise_groups.
   accumulating = micro not in (0, "auto") and local // int(micro) > 1
-  split = int(c.noise_groups) or step.default_noise_groups(n_devices, 2 if accumulating else 1)
+  split = step.noise_groups_for(c.noise_groups, n_devices, accumulating)
   if c.noise_scale and split > 1:
     unit = int(micro) if accumulating else local
     if c.noise_groups and unit % split:
@@ -262,8 +260,7 @@ def _check_batch_norm(c: ml_collections.ConfigDict, spec: data.DataSpec, k: int,
                       "planner does not keep micro-batches a multiple of the virtual batch)")
   seen = int(micro) if accumulating else local
   if c.noise_scale:
-    seen //= int(c.noise_groups) or step.default_noise_groups(k // local, 2 if accumulating
-                                                              else 1)
+    seen //= step.noise_groups_for(c.noise_groups, k // local, accumulating)
   if seen % vb:
     raise ConfigError("model.bn_virtual_batch_size", vb,
                       f"a divisor of the {seen} examples each device normalizes at once "

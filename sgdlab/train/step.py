@@ -130,11 +130,11 @@ def _losses(logits: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, j
   return losses * m, correct * m
 
 
-def default_noise_groups(n_devices: int, accumulation_steps: int) -> int:
+def noise_groups_for(requested: int, n_devices: int, accumulating: bool) -> int:
   """Small batches per device batch (per micro-batch when accumulating) for the noise
-  scale when none are asked for: McCandlish's B_small is one device's share, so only
-  one device without accumulation has to split its batch (in two)."""
-  return 2 if n_devices == 1 and accumulation_steps == 1 else 1
+  scale: `requested` (config.noise_groups), or for 0 McCandlish's B_small, one device's
+  share, so only one device without accumulation splits its batch (in two)."""
+  return int(requested) or (2 if n_devices == 1 and not accumulating else 1)
 
 
 def _group_sums(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, groups: int,
@@ -265,7 +265,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   gradient, and the averaged gradient (B_big = k). The small batches are each device's
   batch (each micro-batch, when accumulating) split into `noise_groups` equal parts,
   B_small = k / (devices * accumulation_steps * noise_groups); 0 takes
-  `default_noise_groups`. More groups make the tr(Sigma) estimate far less noisy
+  `noise_groups_for`'s default. More groups make the tr(Sigma) estimate far less noisy
   (sgdlab.noise) at some speed. The update is the same; only float summation order
   changes (and, with dropout, the masks drawn; with batch norm, each group is
   normalized over its own examples).
@@ -277,7 +277,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
   only when a run breaks).
   """
   n_dev = mesh.size
-  groups = noise_groups or default_noise_groups(n_dev, accumulation_steps)
+  groups = noise_groups_for(noise_groups, n_dev, accumulation_steps > 1)
 
   def local_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     dev = jax.lax.axis_index(DATA)
