@@ -52,10 +52,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   s.batch_sizes, s.max_lrs, s.max_steps, s.max_examples = (8, 32, 128), 5, 20_000, 2_000_000
   s.noise_batch_size, s.noise_checkpoints, s.noise_length = 32, 0, 2.0
   c.noise_groups = 0  # two halves, as the README's figures were measured
+  s.noise_probe_batches = 8  # B_simple at each epoch's end from 8 batches (256 windows)
   if variant == "small":
     c.model.width, c.model.depth, c.model.heads, c.data.seq_len = 16, 1, 2, 16
     s.target, s.batch_sizes, s.max_lrs, s.max_steps = 6.0, (4, 16), 2, 100
-    s.noise_batch_size, s.noise_length = 8, 1.0
+    s.noise_batch_size, s.noise_length, s.noise_probe_batches = 8, 1.0, 2
   return c
 
 

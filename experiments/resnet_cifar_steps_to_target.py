@@ -60,6 +60,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Two halves: batch norm normalizes each small batch on its own, so 16 groups would
   # measure a model with 16x smaller batch statistics.
   c.noise_groups = 0
+  # The trustworthy in-training B_simple here (no exact one): 8 extra batches at each
+  # epoch's end, batch statistics per batch as in training.
+  s.noise_probe_batches = 8
   if variant == "mnist":
     c.data.name, c.data.image_size = "mnist", 14
     s.target, s.batch_sizes, s.max_lrs = 0.9, (16, 64, 256, 1024), 5
@@ -71,7 +74,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.width = 2
     c.learning_rate = 0.1
     s.target, s.batch_sizes, s.max_lrs, s.max_steps = 0.55, (16, 32), 2, 40
-    s.noise_batch_size, s.noise_length = 16, 0.5
+    s.noise_batch_size, s.noise_length, s.noise_probe_batches = 16, 0.5, 4
   return c
 
 

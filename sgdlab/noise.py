@@ -19,7 +19,11 @@ Three ways to get at it, from cheap to exact:
   `windowed_curve` (sgdlab.noise_window) replaces the EMA's ~20-step lag with
   exponential trends fitted over a few steps and read at the current one.
 * The same estimate at FIXED parameters, averaged over many batches: the train step
-  is run and its update thrown away (`online_at_fixed_params`).
+  is run and its update thrown away (`online_at_fixed_params`). The trainer does this
+  itself at each epoch's end with config.noise_probe_batches > 0 (the noise probe,
+  `probe_stats` of Program.probe_fn's norms): where B_simple nears k one batch's
+  |G|^2 estimate is mostly its noise tr(Sigma)/k, and no window over steps helps, since
+  |G|^2 itself can jump 2-5x from one step to the next; m batches at one point can.
 * Exact, from per-example gradients over a whole dataset (`exact`).
 
 Batches drawn without replacement from n examples (an epoch's permutation) have
@@ -150,10 +154,17 @@ def online_at_fixed_params(train_step: Callable, mesh: Mesh, state: step_lib.Tra
   key = jax.device_put(jax.random.PRNGKey(seed), replicated)
   out = jax.device_get(_fixed_params_norms(train_step, mesh, batch_size, num_batches,
                                            state, x, y, key))
-  grad_sq, trace = online_estimates(out["g_small_sq"], out["g_big_sq"], out["b_small"],
-                                    out["b_big"], n_population=n_population)
+  return probe_stats(out, n_population=n_population)
+
+
+def probe_stats(norms: dict[str, np.ndarray], *, n_population: int | None = None
+                ) -> NoiseStats:
+  """The mean of the per-batch estimates from the step's norms on batches at one set of
+  parameters (online_at_fixed_params, the trainer's noise probe), with standard errors."""
+  grad_sq, trace = online_estimates(norms["g_small_sq"], norms["g_big_sq"], norms["b_small"],
+                                    norms["b_big"], n_population=n_population)
   se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
-  return NoiseStats(float(np.mean(grad_sq)), float(np.mean(trace)), num_batches,
+  return NoiseStats(float(np.mean(grad_sq)), float(np.mean(trace)), len(grad_sq),
                     se(grad_sq), se(trace))
 
 

@@ -279,12 +279,14 @@ def test_noise_table_reports_the_window_estimates():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   ck = dict(step=16, exact_b_simple=10.0, online_b_simple=10.5, online_b_simple_uncorrected=11.0,
-            ema_b_simple=20.0, window_b_simple=12.0, window_two_sided_b_simple=math.nan)
+            ema_b_simple=20.0, window_b_simple=12.0, window_two_sided_b_simple=math.nan,
+            probe_b_simple=9.0)
   text = module.noise_table(dict(noise_fixed_batches=400, noise_window=3, noise_half_width=2,
-                                 checkpoints=[ck]))
+                                 noise_probe_batches=4, checkpoints=[ck]))
   assert "trend of last 3 steps (causal)" in text and "2 steps either side" in text
+  assert "probe in training, 4 batches" in text
   assert text.splitlines()[-1] == ("| 16 | 10.0 | 10.5 (+5.0%) | 11.0 (+10.0%) | "
-                                   "20.0 (+100.0%) | 12.0 (+20.0%) | - |")
+                                   "20.0 (+100.0%) | 12.0 (+20.0%) | - | 9.0 (-10.0%) |")
 
 
 def test_fit_recovers_the_model_and_tolerates_noise():

@@ -44,6 +44,11 @@ def default_config() -> ml_collections.ConfigDict:
   # Small batches per device batch (per micro-batch when accumulating) for the noise
   # scale: 0 = 2 on one device without accumulation, else 1 (B_small = one device's share).
   c.noise_groups = 0
+  # With noise_scale: B_simple at each epoch's end from this many extra full batches at
+  # that epoch's final parameters, updates discarded (sgdlab.train.program.Program.probe_fn).
+  # Costs that many more gradients per epoch; accurate where the per-step estimates are
+  # not (B_simple near k or above). 0 = no probe.
+  c.noise_probe_batches = 0
   c.checkpoint_every_epochs = 0  # 0: no checkpoints
   c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
   c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device

@@ -152,6 +152,19 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
                what="a number in (0, 1)")
   check_number("noise_groups", c.noise_groups, low=0, integer=True,
                what="an integer >= 0 (0: 2 on one device without accumulation, else 1)")
+  check_number("noise_probe_batches", c.noise_probe_batches, low=0, integer=True,
+               what="an integer >= 0 (0: no probe)")
+  if c.noise_probe_batches and not c.noise_scale:
+    raise ConfigError("noise_probe_batches", c.noise_probe_batches,
+                      "0 unless noise_scale=True (the probe reads the step's noise norms)")
+  if c.noise_probe_batches and c.batch_size == "auto":
+    raise ConfigError("noise_probe_batches", c.noise_probe_batches,
+                      "0 with batch_size='auto' (how many full batches an epoch has depends "
+                      "on the k the search finds)")
+  if c.noise_probe_batches and c.data.pipeline == "grain":
+    raise ConfigError("noise_probe_batches", c.noise_probe_batches,
+                      "0 with data.pipeline='grain' (the probe draws its batches from the "
+                      "training set placed on the devices)")
   if c.microbatch_size != "auto":
     check_number("microbatch_size", c.microbatch_size, low=0, integer=True,
                  what='an integer >= 0 (0: no accumulation), or "auto"')
@@ -178,6 +191,7 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   optim.validate_schedule(c.schedule)
   if c.batch_size != "auto":
     _check_batch_size(c, spec, n_devices)
+    _check_probe(c, spec)
   elif models.has_batch_norm(c.model):
     _check_auto_batch_norm(c)
   resolved = Resolved(c, spec, n_devices)
@@ -230,6 +244,15 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
                       f"at most the training set size {spec.n_train}")
   if models.has_batch_norm(c.model):
     _check_batch_norm(c, spec, k, local, micro, accumulating)
+
+
+def _check_probe(c: ml_collections.ConfigDict, spec: data.DataSpec) -> None:
+  """The probe's batches are full ones from one permutation of the training set."""
+  k = int(c.batch_size)
+  if c.noise_probe_batches > spec.n_train // k:
+    raise ConfigError("noise_probe_batches", c.noise_probe_batches,
+                      f"at most the {spec.n_train // k} full batches of k={k} in an epoch of "
+                      f"{spec.n_train} examples (the probe draws them from one permutation)")
 
 
 def _check_auto_batch_norm(c: ml_collections.ConfigDict) -> None:

@@ -34,6 +34,11 @@ def data_order_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 
 
+def probe_order_key(seed: int) -> jax.Array:
+  """The noise probe's batch order: its own key, so probing leaves training's unchanged."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+
 def batch_plan(n: int, batch_size: int, key: jax.Array | None, *,
                drop_remainder: bool = False) -> Feed:
   """Indices and mask [steps, k] covering the n examples once, in a fresh permutation.

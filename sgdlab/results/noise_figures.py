@@ -49,7 +49,7 @@ def steps_figure(result: Mapping[str, Any], path: str | os.PathLike | None = Non
     if b_online and math.isfinite(b_online):
       for ax in (ax_s, ax_e):
         ax.axvline(b_online, color="C2", ls="-.", lw=1,
-                   label=f"online B_simple at target ({b_online:.0f})" if ax is ax_s else None)
+                   label=f"B_simple in training at target ({b_online:.0f})" if ax is ax_s else None)
     what = result["metric"].replace("_", " ")
     ax_s.set(xscale="log", yscale="log", xlabel="batch size k", ylabel="steps to target",
              title=f"steps to {what} {result['target']:g}")
@@ -64,8 +64,9 @@ def steps_figure(result: Mapping[str, Any], path: str | os.PathLike | None = Non
 def noise_figure(result: Mapping[str, Any], path: str | os.PathLike | None = None):
   """B_simple over one ordinary training run: online EMA, and exact at checkpoints.
 
-  Left: the online estimate's EMA ratio per step, the exact value and the fixed-params
-  online average at each checkpoint, and the fitted B_noise. Right: the EMAs of |G|^2
+  Left: the online estimate's EMA ratio per step (and its windowed trend), the trainer's
+  probe at each epoch's end, the exact value and the fixed-params online average at
+  each checkpoint, and the fitted B_noise. Right: the EMAs of |G|^2
   and tr(Sigma) themselves, with the exact values.
   """
   n = result["noise"]
@@ -81,11 +82,15 @@ def noise_figure(result: Mapping[str, Any], path: str | os.PathLike | None = Non
     if window:  # index s: after s steps
       ax_b.plot(np.arange(len(window)), _array(window), color="C1", lw=1,
                 label=f"online, trend of the last {n['noise_window']} steps")
+    spe = n.get("steps_per_epoch") or math.ceil(n["n_train"] / n["batch_size"])
     per_epoch = n.get("epoch_b_simple_mean")
     if per_epoch:
-      spe = math.ceil(n["n_train"] / n["batch_size"])
       ax_b.step([spe * i for i in range(len(per_epoch) + 1)], [per_epoch[0], *per_epoch],
                 where="pre", color="C2", alpha=0.4, lw=1, label="online, ratio of epoch means")
+    probe = n.get("epoch_b_simple_probe")
+    if probe:  # at each epoch's end, as the trainer logged it
+      ax_b.plot([spe * (i + 1) for i in range(len(probe))], _array(probe), ".", color="C0",
+                label=f"in training, probe of {n['noise_probe_batches']} batches per epoch")
     ax_b.plot([c["step"] for c in ckpts], [c["exact_b_simple"] for c in ckpts], "kx", ms=7,
               label="exact (per-example gradients)")
     ax_b.plot([c["step"] for c in ckpts], [c["online_b_simple"] for c in ckpts], "o",
@@ -124,9 +129,16 @@ def _ema(values: np.ndarray, decay: float) -> np.ndarray:
 
 
 def _online_at_target(result: Mapping[str, Any]) -> float | None:
-  """The online B_simple in training (the windowed trend where recorded, else the EMA)
-  at the step where the noise run reached the target."""
+  """The B_simple in training at the step where the noise run reached the target: the
+  probe at the epoch's end nearest it where one ran, else the windowed trend, else the
+  EMA."""
   n = result.get("noise")
+  if n and n.get("epoch_b_simple_probe"):
+    probe = n["epoch_b_simple_probe"]
+    spe = n.get("steps_per_epoch") or math.ceil(n["n_train"] / n["batch_size"])
+    step = int(result.get("noise_target_step") or spe * len(probe))
+    value = probe[min(max(round(step / spe) - 1, 0), len(probe) - 1)]
+    return None if value is None else float(value)
   if not n or not (n.get("step_b_simple_window") or n.get("step_b_simple_ema")):
     return None
   if n.get("step_b_simple_window"):  # index s: after s steps

@@ -51,7 +51,9 @@ EPOCH_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
               "test_loss": "test/loss", "test_accuracy": "test/accuracy", "lr": "epoch/lr",
               "examples_per_sec": "epoch/examples_per_sec", "wall_time": "epoch/wall_time",
               "noise_scale": "noise/B_simple", "grad_sq": "noise/grad_sq",
-              "trace_sigma": "noise/trace_sigma"}
+              "trace_sigma": "noise/trace_sigma", "probe_noise_scale": "noise/B_simple_probe",
+              "probe_grad_sq": "noise/grad_sq_probe",
+              "probe_trace_sigma": "noise/trace_sigma_probe"}
 SPLITS = ("train", "validation", "test")
 
 

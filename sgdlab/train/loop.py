@@ -134,12 +134,14 @@ def run_loop(run: Run, *, checkpoint_dir: str | None = None, eval_steps: Sequenc
       evals_now = {s: jax.device_get(run.evaluate(variables, s)) for s in program.splits
                    if s != "train"}
       test = evals_now["test"]
+      probed = jax.device_get(run.probe(state, epoch)) if config.noise_probe_batches else None
       wall = time.perf_counter() - start
       for m in going_on:
         record_epoch(histories[m], members[m].config, epoch,
                      program.member(step_metrics, m),
                      {s: program.member(r, m) for s, r in evals_now.items()},
-                     wall=wall, n_train=members[m].spec.n_train, ema=emas[m])
+                     wall=wall, n_train=members[m].spec.n_train, ema=emas[m],
+                     probe=None if probed is None else program.member(probed, m))
         if on_epoch is not None:
           on_epoch(m, histories[m])
       if program.population:
@@ -219,9 +221,11 @@ def split_figures(split: str, result: dict[str, Any], language: bool) -> dict[st
 
 def record_epoch(history: History, config: Any, epoch: int, step_metrics: dict[str, np.ndarray],
                  evaluated: dict[str, dict[str, Any]], *, wall: float, n_train: int,
-                 ema: noise.NoiseEMA | None) -> None:
+                 ema: noise.NoiseEMA | None, probe: dict[str, np.ndarray] | None = None
+                 ) -> None:
   """Append a finished epoch: its steps, its row of means and the figures of the held-out
-  splits (test, and validation when held out), one log line."""
+  splits (test, and validation when held out), one log line. probe: the noise probe's
+  per-batch norms at the epoch's final parameters (Run.probe)."""
   _append_steps(history, step_metrics, ema)
   language = config.data.name == "text"
   row = dict(epoch=epoch + 1, **diagnostics.epoch_means(step_metrics))
@@ -233,17 +237,22 @@ def record_epoch(history: History, config: Any, epoch: int, step_metrics: dict[s
   row.update(lr=float(step_metrics["lr"][-1]), wall_time=wall, examples_per_sec=n_train / wall)
   if ema is not None:
     row["grad_sq"], row["trace_sigma"], row["noise_scale"] = ema.values()
+  if probe is not None:  # batches of one permutation: the finite-n estimates
+    stats = noise.probe_stats(probe, n_population=n_train)
+    row.update(probe_grad_sq=stats.grad_sq, probe_trace_sigma=stats.trace_sigma,
+               probe_noise_scale=stats.b_simple)
   for key, value in row.items():
     history.epochs.setdefault(key, []).append(value)
   logging.info("%s | epoch %d/%d | train loss %.4f acc %.4f |%s test loss %.4f acc %.4f%s | "
-               "lr %.4g | %.2fs %.0f ex/s%s", history.name, epoch + 1, config.num_epochs,
+               "lr %.4g | %.2fs %.0f ex/s%s%s", history.name, epoch + 1, config.num_epochs,
                row["train_loss"], row["train_accuracy"],
                f" validation loss {row['validation_loss']:.4f} acc "
                f"{row['validation_accuracy']:.4f} |" if "validation_loss" in row else "",
                row["test_loss"], row["test_accuracy"],
                f" {row['test_bits_per_byte']:.3f} bits/byte" if language else "",
                row["lr"], wall, row["examples_per_sec"],
-               f" | B_simple {row['noise_scale']:.1f}" if ema is not None else "")
+               f" | B_simple {row['noise_scale']:.1f}" if ema is not None else "",
+               f" (probe {row['probe_noise_scale']:.1f})" if probe is not None else "")
 
 
 def finish(history: History, config: Any, state: Any) -> History:

@@ -114,8 +114,9 @@ class Program:
   def abstract_state(self) -> step.TrainState:
     return jax.eval_shape(self.init_state)
 
-  def data_keys(self) -> jax.Array:
-    keys = [pipeline.data_order_key(m.config.seed) for m in self.members]
+  def data_keys(self, order_key: Callable[[int], jax.Array] = pipeline.data_order_key
+                ) -> jax.Array:
+    keys = [order_key(m.config.seed) for m in self.members]
     return keys[0] if not self.population else jnp.stack(keys)
 
   def plan_fn(self) -> Callable[[jax.Array, jax.Array], pipeline.Feed]:
@@ -179,6 +180,31 @@ class Program:
       return state, metrics, step.all_finite((state.params, state.opt_state))
 
     return jax.jit(advance_and_check)
+
+  def probe_fn(self) -> Callable[..., step.Metrics]:
+    """Jitted `probe(state, x, y, feed) -> per-batch noise norms`: the train step on each
+    of the feed's batches at the SAME state, every update dropped (the noise probe,
+    config.noise_probe_batches). A fresh step count per batch gives fresh dropout."""
+    batch_sharding = NamedSharding(self.mesh, P(step.DATA))
+    train_step, seq_len = self.train_step, self.first.spec.seq_len
+    keys = ("g_small_sq", "g_big_sq", "b_small", "b_big")
+
+    def probe(state, x, y, feed):
+      def body(_, args):
+        t, feed_step = args
+        batch = jax.lax.with_sharding_constraint(pipeline.gather(x, y, feed_step, seq_len),
+                                                 batch_sharding)
+        _, metrics = train_step(state.replace(step=state.step + t),
+                                augment.apply(batch, feed_step))
+        return None, {key: metrics[key] for key in keys}
+
+      steps = feed["mask"].shape[0]
+      return jax.lax.scan(body, None, (jnp.arange(steps, dtype=jnp.int32), feed))[1]
+
+    if self.population:
+      feed_axes = {key: None if key == "mask" else 0 for key in self.feed_structs(1)}
+      probe = jax.vmap(probe, in_axes=(0, None, None, feed_axes))
+    return jax.jit(probe)
 
   def eval_batch(self, n: int) -> int:
     """The evaluation batch for a split of n examples: config.eval_batch_size, at most n,

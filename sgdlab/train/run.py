@@ -33,6 +33,7 @@ class Run:
   stream: stream.Stream | None = None  # the grain pipeline's training batches
   sources: dict[str, stream.ArraySource] = dataclasses.field(default_factory=dict)
   _epoch_plan: tuple[int, pipeline.Feed] | None = dataclasses.field(default=None, repr=False)
+  _probe_keys: jax.Array | None = dataclasses.field(default=None, repr=False)
   _advance: dict = dataclasses.field(default_factory=dict, repr=False)
   _evaluate: dict = dataclasses.field(default_factory=dict, repr=False)
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -69,6 +70,18 @@ class Run:
       self.stream.seek(at)
     return pipeline.place_batches(self.stream.take(n), self.program.mesh, step.DATA,
                                   self.program.first.batch_size)
+
+  def probe(self, state: step.TrainState, epoch: int) -> step.Metrics:
+    """The noise probe at `state`: config.noise_probe_batches full batches of the
+    epoch's probe permutation (its own key), the step's noise norms per batch."""
+    if "probe" not in self._jitted:
+      self._jitted["probe"] = self.program.probe_fn()
+    if self._probe_keys is None:
+      self._probe_keys = pipeline.replicate(self.program.data_keys(pipeline.probe_order_key),
+                                            self.program.mesh)
+    feed = slice_feed(self._jitted["plan"](self._probe_keys, jnp.int32(epoch)), 0,
+                      int(self.program.first.config.noise_probe_batches))
+    return self._jitted["probe"](state, self.arrays["x_train"], self.arrays["y_train"], feed)
 
   def _data_args(self, feed: pipeline.Feed) -> tuple:
     return (feed,) if self.program.streamed else (self.arrays["x_train"],
@@ -117,7 +130,7 @@ class Run:
   def for_members(self, members: Sequence[Resolved]) -> Run:
     """The same compiled run for other members (other learning rates, seeds)."""
     program = dataclasses.replace(self.program, members=tuple(members))
-    run = dataclasses.replace(self, program=program, _epoch_plan=None,
+    run = dataclasses.replace(self, program=program, _epoch_plan=None, _probe_keys=None,
                               data_keys=pipeline.replicate(program.data_keys(), program.mesh))
     if program.streamed:  # the members' own batch orders
       _open_streams(run)

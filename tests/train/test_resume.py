@@ -76,8 +76,10 @@ def test_live_rows_after_a_resume_are_the_checkpoints_then_grow_again(mesh1, tmp
 
 
 def test_resume_keeps_optimizer_state_types_and_the_noise_ema(mesh1, tmp_path):
-  """Momentum's optax state and the noise-scale EMA (replayed from the history)."""
-  overrides = {"noise_scale": True, "optimizer.name": "momentum", "num_epochs": 3}
+  """Momentum's optax state, the noise-scale EMA (replayed from the history) and the
+  noise probe (drawn from the seed and the epoch)."""
+  overrides = {"noise_scale": True, "optimizer.name": "momentum", "num_epochs": 3,
+               "noise_probe_batches": 2}
   reference = trainer.train(tiny_config(checkpoint_every_epochs=0, **overrides), mesh=mesh1)
   ckpt = str(tmp_path / "ckpt")
   trainer.train(tiny_config(checkpoint_every_epochs=2, **overrides), mesh=mesh1,
@@ -87,6 +89,7 @@ def test_resume_keeps_optimizer_state_types_and_the_noise_ema(mesh1, tmp_path):
                           checkpoint_dir=ckpt)
   assert type(resumed.state.opt_state) is type(reference.state.opt_state)
   assert np.isfinite(resumed.epochs["noise_scale"][-1])
+  assert np.isfinite(resumed.epochs["probe_noise_scale"][-1])
   assert_same_run(reference, resumed)
 
 
