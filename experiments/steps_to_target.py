@@ -23,8 +23,8 @@ over 400 batches at the checkpoint's parameters.
 
 Writes to the workdir: results.json (every run), table.md, steps_to_target.png,
 noise_scale.png (the noise run: experiments/noise_checkpoints.py). Deterministic: a
-rerun gives the same table. Measured on 2 CPU cores: about 11 minutes wall (the noise
-run's 16 groups are 2.5 of them). Larger settings:
+rerun on the same machine and versions gives the same table. Measured on 2 AMD EPYC
+cores: about 8 minutes wall (the noise run, with its probe, 2 of them). Larger settings:
   --config.data.dir=/path/to/idx  full MNIST (60k): raise steps_to_target.max_examples
   --config.steps_to_target.target=0.95, or .metric=train_loss --config.steps_to_target.target=0.1
   --config.steps_to_target.batch_sizes="(8, 64, 512)"  a subset of k only
