@@ -16,14 +16,14 @@ and 1. Expect hours on a GPU, days on CPU cores.
       --config=experiments/resnet_cifar_steps_to_target.py:mnist
 
 The same experiment on the bundled 4,000 MNIST digits, runnable anywhere: ResNet-8 at
-14x14 (data.image_size), target validation accuracy 0.9, k = 16, 64, 256, 1024: 13 min
+14x14 (data.image_size), target validation accuracy 0.9, k = 16, 64, 256, 1024: 15 min
 on 2 CPU cores; the README's table. The small variant (--config=...:small, about 80 s on
 2 CPU cores) is what the tests run.
 
 What it shows: where this model's regimes of perfect scaling and diminishing returns
-lie, and whether B_simple (measured online in an ordinary run at k = 256 with the tuned
-lr) predicts the fitted B_noise of S = S_min (1 + B_noise / k): both are in
-steps_to_target.png. Exact per-example B_simple does not apply to batch norm (an
+lie, and whether B_simple (measured in an ordinary run at k = 256 with the tuned lr, by
+the trainer's probe of 8 batches at each epoch's end) predicts the fitted B_noise of
+S = S_min (1 + B_noise / k): both are in steps_to_target.png. Exact per-example B_simple does not apply to batch norm (an
 example's gradient depends on its batch), so this experiment has no exact checkpoints.
 On one device the noise run's step splits the batch in two, and batch norm then
 normalizes over each half (k / 2), as on two devices.

@@ -289,6 +289,19 @@ def test_noise_table_reports_the_window_estimates():
                                    "20.0 (+100.0%) | 12.0 (+20.0%) | - | 9.0 (-10.0%) |")
 
 
+def test_b_simple_at_target_is_the_probe_around_it():
+  from sgdlab.results import noise_figures  # pylint: disable=g-import-not-at-top
+  noise_run = dict(n_train=160, batch_size=16, steps_per_epoch=10,
+                   step_b_simple_window=[5.0] * 60,
+                   epoch_b_simple_probe=[1.0, 2.0, 8.0, 4.0, None, 100.0])
+  result = dict(noise=noise_run, noise_target_step=27)  # nearest epoch end: 30 (the 3rd)
+  assert math.isclose(noise_figures._online_at_target(result), 4.0)  # (2 * 8 * 4) ** (1/3)
+  result["noise_target_step"] = 50  # the 5th end is missing (NaN): the 4th and 6th
+  assert math.isclose(noise_figures._online_at_target(result), 20.0)
+  noise_run.pop("epoch_b_simple_probe")  # no probe: the windowed trend at the step
+  assert noise_figures._online_at_target(result) == 5.0
+
+
 def test_fit_recovers_the_model_and_tolerates_noise():
   k = 2.0 ** np.arange(0, 13)
   exact = noise.fit_steps(k, 300 * (1 + 150 / k))

@@ -129,16 +129,19 @@ def _ema(values: np.ndarray, decay: float) -> np.ndarray:
 
 
 def _online_at_target(result: Mapping[str, Any]) -> float | None:
-  """The B_simple in training at the step where the noise run reached the target: the
-  probe at the epoch's end nearest it where one ran, else the windowed trend, else the
-  EMA."""
+  """The B_simple in training at the step where the noise run reached the target: where
+  the probe ran, the geometric mean of its values at the epoch end nearest that step and
+  the ones either side (B_simple can change 2-5x from one epoch end to the next), else
+  the windowed trend, else the EMA."""
   n = result.get("noise")
   if n and n.get("epoch_b_simple_probe"):
-    probe = n["epoch_b_simple_probe"]
+    probe = _array(n["epoch_b_simple_probe"])
     spe = n.get("steps_per_epoch") or math.ceil(n["n_train"] / n["batch_size"])
     step = int(result.get("noise_target_step") or spe * len(probe))
-    value = probe[min(max(round(step / spe) - 1, 0), len(probe) - 1)]
-    return None if value is None else float(value)
+    i = min(max(round(step / spe) - 1, 0), len(probe) - 1)
+    near = probe[max(i - 1, 0):i + 2]
+    near = near[np.isfinite(near) & (near > 0)]
+    return float(np.exp(np.mean(np.log(near)))) if len(near) else None
   if not n or not (n.get("step_b_simple_window") or n.get("step_b_simple_ema")):
     return None
   if n.get("step_b_simple_window"):  # index s: after s steps
