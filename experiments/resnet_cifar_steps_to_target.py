@@ -23,8 +23,9 @@ on 2 CPU cores; the README's table. The small variant (--config=...:small, about
 What it shows: where this model's regimes of perfect scaling and diminishing returns
 lie, and whether B_simple (measured in an ordinary run at k = 256 with the tuned lr, by
 the trainer's probe of 8 batches at each epoch's end) predicts the fitted B_noise of
-S = S_min (1 + B_noise / k): both are in steps_to_target.png. Exact per-example B_simple does not apply to batch norm (an
-example's gradient depends on its batch), so this experiment has no exact checkpoints.
+S = S_min (1 + B_noise / k): both are in steps_to_target.png. Exact per-example
+B_simple does not apply to batch norm (an example's gradient depends on its batch), so
+this experiment has no exact checkpoints.
 On one device the noise run's step splits the batch in two, and batch norm then
 normalizes over each half (k / 2), as on two devices.
 
