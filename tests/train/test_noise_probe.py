@@ -77,7 +77,8 @@ def test_the_probe_on_every_full_batch_is_close_to_exact(mesh1):
 
 
 def test_a_population_probes_each_member_as_its_own_run(mesh1):
-  members = [config_lib.resolve(probe_config(learning_rate=lr, seed=s), n_devices=1)
+  members = [config_lib.resolve(probe_config(learning_rate=lr, seed=s, num_epochs=1),
+                                n_devices=1)
              for lr, s in ((0.5, 0), (0.2, 1))]
   together = loop.run_loop(run_lib.create_run(members, mesh=mesh1))
   # The second member: its own probe order and parameters, not the first's.
@@ -89,7 +90,7 @@ def test_a_population_probes_each_member_as_its_own_run(mesh1):
 
 
 def test_the_probe_runs_on_eight_devices(mesh8):
-  history = trainer.train(probe_config(noise_probe_batches=3), mesh=mesh8)
+  history = trainer.train(probe_config(noise_probe_batches=3, num_epochs=1), mesh=mesh8)
   assert np.all(np.isfinite(history.epochs["probe_noise_scale"]))
   assert np.all(np.asarray(history.epochs["probe_noise_scale"]) > 0)
 
