@@ -101,10 +101,13 @@ class Resolved:
   @property
   def batch_unit(self) -> int:
     """k must be a multiple of this: the device count, times the parts each device's
-    batch is split into for the noise scale."""
+    batch is split into for the noise scale, times the virtual batch when batch norm
+    normalizes virtual batches (each part must hold whole ones)."""
     c = self.config
     groups = step.noise_groups_for(c.noise_groups, self.n_devices, False)
-    return self.n_devices * (groups if c.noise_scale else 1)
+    virtual = (int(c.model.bn_virtual_batch_size)
+               if models.has_batch_norm(c.model) and c.model.bn_mode == "virtual" else 1)
+    return self.n_devices * (groups if c.noise_scale else 1) * virtual
 
   def with_batch_size(self, k: int) -> Resolved:
     """The same run at batch size k (checked as resolve would)."""
@@ -261,10 +264,6 @@ def _check_auto_batch_norm(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("drop_remainder", c.drop_remainder,
                       f"True for model.name={c.model.name!r} with batch_size='auto' (a "
                       "last partial batch would put padding into batch norm's statistics)")
-  if c.model.bn_mode == "virtual":
-    raise ConfigError("model.bn_mode", c.model.bn_mode,
-                      "'device' or 'sync' with batch_size='auto' (the search does not keep "
-                      "k a multiple of model.bn_virtual_batch_size); or give batch_size")
 
 
 def _check_batch_norm(c: ml_collections.ConfigDict, spec: data.DataSpec, k: int, local: int,

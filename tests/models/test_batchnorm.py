@@ -162,9 +162,19 @@ def test_weight_decay_adds_wd_times_the_weights_to_the_gradient():
     ({"model.depth": 10}, "model.depth"),
     ({"optimizer.weight_decay": -1.0}, "optimizer.weight_decay"),
     ({"batch_size": "auto", "drop_remainder": False}, "drop_remainder"),
-    ({"batch_size": "auto", "model.bn_mode": "virtual", "model.bn_virtual_batch_size": 4},
-     "model.bn_mode"),
 ])
 def test_bad_batch_norm_fields_name_the_field(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.") + "="):
     config_lib.resolve(_resnet_config(**overrides), n_devices=1)
+
+
+def test_the_batch_size_search_keeps_whole_virtual_batches(mesh1):
+  """batch_size="auto" with ghost batch norm: every candidate k a multiple of the
+  virtual batch (here 3, so powers of two alone would not do)."""
+  from memory_support import budget  # pylint: disable=g-import-not-at-top
+  from sgdlab.memory import search  # pylint: disable=g-import-not-at-top
+  config = _resnet_config(**{"batch_size": "auto", "model.bn_mode": "virtual",
+                             "model.bn_virtual_batch_size": 3})
+  assert config_lib.resolve(config, n_devices=8).batch_unit == 24
+  report = search.find_batch_size(config, budget(2 << 30), mesh=mesh1, check_trainer=False)
+  assert report.largest_power_of_two == 3 * 64 and report.largest_k == 198  # 200 // 3 * 3
