@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -47,3 +48,16 @@ def check_number(field: str, value: Any, *, low: float | None = None,
     ok = value < high if high_open else value <= high
   if not ok:
     raise ConfigError(field, value, what)
+
+
+def unwritable(path: str) -> str | None:
+  """Why `path` could not be made and written to, or None if it could; checked by
+  walking up to the nearest thing that exists, without making anything."""
+  existing = os.path.abspath(path)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f"{existing} is not a folder"
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return f"{existing} is not writable"
+  return None

@@ -32,7 +32,7 @@ import numpy as np
 
 from sgdlab.data import idx, sources
 from sgdlab.data.images import resizes, to_unit
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, unwritable
 
 PIPELINES = ("device", "grain")
 HostPlan = Callable[[int], dict[str, np.ndarray]]  # epoch -> idx, draw? [P?, steps, k], mask
@@ -54,12 +54,7 @@ def check(cfg: ml_collections.ConfigDict) -> None:
     if not isinstance(cfg[field], int) or cfg[field] < 1:
       raise ConfigError(f"data.{field}", cfg[field], "a positive integer")
   root = os.path.dirname(cache_folder(cfg))
-  existing = root
-  while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-    if os.path.exists(existing):  # a file where a folder must go
-      break
-    existing = os.path.dirname(existing)
-  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+  if unwritable(root):
     raise ConfigError("data.cache_dir", cfg.cache_dir or root,
                       "a folder that can be created or written (grain caches sets there)")
 

@@ -27,7 +27,7 @@ from absl import logging
 
 from sgdlab import config as config_lib
 from sgdlab import data
-from sgdlab.errors import ConfigError, UsageError
+from sgdlab.errors import ConfigError, UsageError, unwritable
 from sgdlab.results import summary, tensorboard
 from sgdlab.results.history import History
 from sgdlab.sweep import claims, expand, groups, hosts, progress, store
@@ -132,16 +132,9 @@ def prepare_workdir(workdir: str) -> None:
 
 def check_log_dir(path: str) -> None:
   """A --tensorboard_dir that can be made and written to, checked without making anything."""
-  existing = os.path.abspath(path)
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    why = f"{existing} is not a folder"
-  elif not os.access(existing, os.W_OK | os.X_OK):
-    why = f"{existing} is not writable"
-  else:
-    return
-  raise UsageError("--tensorboard_dir", path, f"not a writable folder ({why})")
+  why = unwritable(path)
+  if why:
+    raise UsageError("--tensorboard_dir", path, f"not a writable folder ({why})")
 
 
 def prepare_outputs(options: Options) -> None:
