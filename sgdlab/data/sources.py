@@ -130,27 +130,36 @@ def load_digits(cfg: ml_collections.ConfigDict) -> Dataset:
   return _split_bundled(cfg, "digits", x, digits.target, 16.0, len(_DIGITS_COUNTS))
 
 
+def read_idx_split(cfg: ml_collections.ConfigDict, found: dict, split: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """One split of an IDX folder as stored: images (a memory map where the file is not
+  gzipped) and int32 labels, checked; the training split cut to data.n_train. Both
+  pipelines read through it."""
+  ipath, lpath = found[f"{split}_images"][0], found[f"{split}_labels"][0]
+  try:  # validate checked lengths; a bad gzip CRC only shows on a full read
+    images = idx.read_idx(ipath, mmap=True)  # a map: a 512px file is never copied whole
+    labels = idx.read_idx(lpath)
+  except ValueError as e:
+    raise ConfigError("data.dir", cfg.dir, f"corrupt IDX file: {e}") from e
+  if split == "train" and cfg.n_train:
+    images, labels = images[:cfg.n_train], labels[:cfg.n_train]
+  bad = (labels < 0) | (labels >= idx.IDX_NUM_CLASSES)
+  if bad.any():
+    raise ConfigError("data.dir", cfg.dir, f"{lpath} has label {labels[bad][0]}; want "
+                      f"0..{idx.IDX_NUM_CLASSES - 1}")
+  return images, labels.astype(np.int32)
+
+
 def load_idx_dir(cfg: ml_collections.ConfigDict) -> Dataset:
   found = idx.idx_headers(cfg)
   scale, arrays = idx_scale(found), {}
   for split in ("train", "test"):
-    ipath, lpath = found[f"{split}_images"][0], found[f"{split}_labels"][0]
-    try:  # validate checked lengths; a bad gzip CRC only shows on a full read
-      images = idx.read_idx(ipath, mmap=True)  # a map: a 512px file is never copied whole
-      labels = idx.read_idx(lpath)
-    except ValueError as e:
-      raise ConfigError("data.dir", cfg.dir, f"corrupt IDX file: {e}") from e
-    if split == "train" and cfg.n_train:
-      images, labels = images[:cfg.n_train], labels[:cfg.n_train]
-    bad = (labels < 0) | (labels >= idx.IDX_NUM_CLASSES)
-    if bad.any():
-      raise ConfigError("data.dir", cfg.dir, f"{lpath} has label {labels[bad][0]}; want "
-                        f"0..{idx.IDX_NUM_CLASSES - 1}")
+    images, labels = read_idx_split(cfg, found, split)
     own = 255.0 if images.dtype == np.uint8 else 1.0  # float files are taken as scaled
     # Float pixels (or a uint8 file beside a float one): float32 in [0, 1] throughout.
     x = stored(images, own, cfg.image_size) if scale != 1.0 else (
         to_unit(images, own, cfg.image_size), 1.0)
-    arrays[split] = (x, labels.astype(np.int32))
+    arrays[split] = (x, labels)
   (x_train, stored_scale), y_train = arrays["train"]
   (x_test, _), y_test = arrays["test"]
   return Dataset("mnist", x_train, y_train, x_test, y_test, idx.IDX_NUM_CLASSES, stored_scale)

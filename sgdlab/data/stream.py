@@ -36,7 +36,7 @@ from sgdlab.errors import ConfigError, unwritable
 
 PIPELINES = ("device", "grain")
 HostPlan = Callable[[int], dict[str, np.ndarray]]  # epoch -> idx, draw? [P?, steps, k], mask
-_CACHE_FORMAT = 2  # 2: images cached as stored (uint8 pixels stay uint8)
+_CACHE_FORMAT = 3  # 2: images cached as stored (uint8 pixels stay uint8); 3: cut to n_train first
 
 
 def check(cfg: ml_collections.ConfigDict) -> None:
@@ -91,12 +91,9 @@ def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource:
   """A split of `config.data` (described already) as a source read from disk."""
   if cfg.name == "mnist" and cfg.dir and not cfg.validation_fraction:
     found = idx.idx_headers(cfg)
-    images = idx.read_idx(found[f"{split}_images"][0], mmap=True)
-    labels = idx.read_idx(found[f"{split}_labels"][0]).astype(np.int32)
+    images, labels = sources.read_idx_split(cfg, found, split)
     if not isinstance(images, np.memmap):  # gzip: decompressed once into the cache
       images = _cached(cfg, f"{split}_images", lambda: images)
-    if split == "train" and cfg.n_train:
-      images, labels = images[:cfg.n_train], labels[:cfg.n_train]
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     # uint8 is kept when both splits are uint8, as `sources.load_idx_dir` keeps them.
     return ArraySource(images, labels, scale=scale, image_size=cfg.image_size,
