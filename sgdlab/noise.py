@@ -181,16 +181,11 @@ def _fixed_params_norms(train_step, mesh, batch_size, num_batches, state, x, y, 
   idx = jax.vmap(plan)(jnp.arange(epochs)).reshape(-1, batch_size)[:num_batches]
   batch_sharding = NamedSharding(mesh, P(step_lib.DATA))
 
-  def body(_, args):
-    i, t = args
+  def batch_of(i):
     batch = dict(x=x[i], y=y[i], mask=jnp.ones((batch_size,), jnp.float32))
-    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    # A fresh step count per batch gives fresh dropout masks; the update is dropped.
-    _, m = train_step(state.replace(step=state.step + t), batch)
-    return None, {k: m[k] for k in ("g_small_sq", "g_big_sq", "b_small", "b_big")}
+    return jax.lax.with_sharding_constraint(batch, batch_sharding)
 
-  _, out = jax.lax.scan(body, None, (idx, jnp.arange(num_batches, dtype=jnp.int32)))
-  return out
+  return step_lib.norms_at_fixed_state(train_step, state, batch_of, idx)
 
 
 # ------------------------------------------------------------------------------- exact

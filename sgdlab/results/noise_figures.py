@@ -82,7 +82,7 @@ def noise_figure(result: Mapping[str, Any], path: str | os.PathLike | None = Non
     if window:  # index s: after s steps
       ax_b.plot(np.arange(len(window)), _array(window), color="C1", lw=1,
                 label=f"online, trend of the last {n['noise_window']} steps")
-    spe = n.get("steps_per_epoch") or math.ceil(n["n_train"] / n["batch_size"])
+    spe = _steps_per_epoch(n)
     per_epoch = n.get("epoch_b_simple_mean")
     if per_epoch:
       ax_b.step([spe * i for i in range(len(per_epoch) + 1)], [per_epoch[0], *per_epoch],
@@ -136,7 +136,7 @@ def _online_at_target(result: Mapping[str, Any]) -> float | None:
   n = result.get("noise")
   if n and n.get("epoch_b_simple_probe"):
     probe = _array(n["epoch_b_simple_probe"])
-    spe = n.get("steps_per_epoch") or math.ceil(n["n_train"] / n["batch_size"])
+    spe = _steps_per_epoch(n)
     step = int(result.get("noise_target_step") or spe * len(probe))
     i = min(max(round(step / spe) - 1, 0), len(probe) - 1)
     near = probe[max(i - 1, 0):i + 2]
@@ -153,6 +153,11 @@ def _online_at_target(result: Mapping[str, Any]) -> float | None:
   i = min(len(curve), int(result.get("noise_target_step") or len(curve))) - 1
   value = curve[i]
   return None if value is None else float(value)
+
+
+def _steps_per_epoch(n: Mapping[str, Any]) -> int:
+  """The noise run's steps per epoch (older results.json: from n_train and k)."""
+  return n.get("steps_per_epoch") or math.ceil(n["n_train"] / n["batch_size"])
 
 
 def _array(values) -> np.ndarray:

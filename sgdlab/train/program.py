@@ -184,22 +184,17 @@ class Program:
   def probe_fn(self) -> Callable[..., step.Metrics]:
     """Jitted `probe(state, x, y, feed) -> per-batch noise norms`: the train step on each
     of the feed's batches at the SAME state, every update dropped (the noise probe,
-    config.noise_probe_batches). A fresh step count per batch gives fresh dropout."""
+    config.noise_probe_batches; `step.norms_at_fixed_state`)."""
     batch_sharding = NamedSharding(self.mesh, P(step.DATA))
-    train_step, seq_len = self.train_step, self.first.spec.seq_len
-    keys = ("g_small_sq", "g_big_sq", "b_small", "b_big")
+    seq_len = self.first.spec.seq_len
 
     def probe(state, x, y, feed):
-      def body(_, args):
-        t, feed_step = args
+      def batch_of(feed_step):
         batch = jax.lax.with_sharding_constraint(pipeline.gather(x, y, feed_step, seq_len),
                                                  batch_sharding)
-        _, metrics = train_step(state.replace(step=state.step + t),
-                                augment.apply(batch, feed_step))
-        return None, {key: metrics[key] for key in keys}
+        return augment.apply(batch, feed_step)
 
-      steps = feed["mask"].shape[0]
-      return jax.lax.scan(body, None, (jnp.arange(steps, dtype=jnp.int32), feed))[1]
+      return step.norms_at_fixed_state(self.train_step, state, batch_of, feed)
 
     if self.population:
       feed_axes = {key: None if key == "mask" else 0 for key in self.feed_structs(1)}

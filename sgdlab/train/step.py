@@ -318,6 +318,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
                        check_vma=False)
 
 
+NOISE_NORMS = ("g_small_sq", "g_big_sq", "b_small", "b_big")  # what sgdlab.noise reads
+
+
+def norms_at_fixed_state(train_step: Callable, state: TrainState,
+                         batch_of: Callable[[Any], Batch], xs: Any) -> Metrics:
+  """The noise-scale norms of `train_step` (built with noise_scale=True) on the batch
+  `batch_of(x)` for each x along xs' leading axis, every one at `state`: one scan, each
+  update dropped. A fresh step count per batch gives fresh dropout masks. Used inside
+  jit by the trainer's noise probe and `noise.online_at_fixed_params`."""
+
+  def body(_, args):
+    t, x = args
+    _, metrics = train_step(state.replace(step=state.step + t), batch_of(x))
+    return None, {key: metrics[key] for key in NOISE_NORMS}
+
+  steps = jax.tree.leaves(xs)[0].shape[0]
+  return jax.lax.scan(body, None, (jnp.arange(steps, dtype=jnp.int32), xs))[1]
+
+
 def make_eval_step(model: nn.Module, mesh: Mesh
                    ) -> Callable[[Any, Batch], Metrics]:
   """Sums of loss and correct predictions over a sharded, masked batch (no dropout), of
