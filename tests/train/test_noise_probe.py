@@ -9,7 +9,7 @@ import conftest
 from sgdlab import config as config_lib, data, noise
 from sgdlab.data import pipeline
 from sgdlab.errors import ConfigError
-from sgdlab.train import api as trainer, loop, run as run_lib, step
+from sgdlab.train import api as trainer, loop, run as run_lib
 
 
 def probe_config(**overrides):
