@@ -46,7 +46,7 @@ def seconds_per_update(config, dataset, mesh, updates: int, repeats: int) -> flo
   resolved = config_lib.resolve(config, n_devices=mesh.size, spec=dataset.spec())
   run = run_lib.create_run(resolved, dataset, mesh, compile_now=False)
   updates = min(updates, run.program.steps_per_epoch)
-  feed = run_lib.slice_feed(run.plan(0), 0, updates)
+  feed = pipeline.slice_feed(run.order(0), 0, updates)
   state = run.init_state()
   state, _ = run.advance(state, feed)  # compile and warm up
   jax.block_until_ready(state.params)

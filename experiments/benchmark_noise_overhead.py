@@ -56,7 +56,7 @@ def make_loop(dataset: data.Dataset, k: int, mesh, noise_scale: bool, lr: float)
 
   def run_epoch(e: int) -> float:
     start = time.perf_counter()
-    box["state"], metrics = run.advance(box["state"], run.plan(e))
+    box["state"], metrics = run.advance(box["state"], run.order(e))
     metrics = jax.device_get(metrics)  # the trainer's one sync per epoch
     if int(box["state"].diverged_at) >= 0:
       raise FloatingPointError(f"diverged at k={k}; lower --learning_rate")

@@ -65,7 +65,7 @@ class _Variant:
 
   def run(self, timed: bool = True) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
-    self.state, metrics = self.runner.advance(self.state, self.runner.plan(self.epoch))
+    self.state, metrics = self.runner.advance(self.state, self.runner.order(self.epoch))
     jax.block_until_ready(metrics)
     if timed:
       self.wall.append(time.perf_counter() - wall)

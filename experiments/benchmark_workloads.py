@@ -266,7 +266,7 @@ def benchmark(workload: str, batch_sizes: list[int], *, epochs: int, mesh: Mesh,
   results = []
   for k in batch_sizes:
     sg, hand = build(workload, k, mesh, **kwargs)
-    plan = lambda e: np.asarray(jax.device_get(sg.run.host_plan(e)["idx"]))  # noqa: E731
+    plan = lambda e: np.asarray(jax.device_get(sg.run.host_order(e)["idx"]))  # noqa: E731
     warm = {SGDLAB: sg.run_epoch(0), HAND: hand.run_epoch(plan(0))}  # compiles the hand step
     test = {}
     for name, loop in ((SGDLAB, sg), (HAND, hand)):

@@ -87,7 +87,7 @@ def epoch_seconds(run, rounds: int) -> float:
   state, times = run.init_state(), []
   for e in range(1 + rounds):
     start = time.perf_counter()
-    state, metrics = run.advance(state, run.plan(e))
+    state, metrics = run.advance(state, run.order(e))
     jax.block_until_ready(metrics)
     if e:
       times.append(time.perf_counter() - start)

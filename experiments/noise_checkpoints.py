@@ -49,8 +49,8 @@ from absl import app, flags, logging
 
 from sgdlab import config as config_lib
 from sgdlab import data, models, noise
-from sgdlab.train import api
-from sgdlab.train import run as run_lib
+from sgdlab import trainer
+from sgdlab.train import program as program_lib, run as run_lib
 
 WINDOW = 3  # causal noise.windowed_curve: the last 3 per-step estimates (module docstring)
 HALF_WIDTH = 2  # post-hoc two-sided version: 2 estimates either side
@@ -60,7 +60,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
               learning_rate: float, steps: int) -> dict[str, Any]:
   """Ordinary training with noise_scale=True, and exact B_simple at its checkpoints.
 
-  Runs sgdlab.train.api.train for enough epochs to cover `steps`; the checkpoints are
+  Runs sgdlab.train.trainer.train for enough epochs to cover `steps`; the checkpoints are
   the same run stopped after fewer epochs (same seed, so the same trajectory).
   """
   s = config.steps_to_target
@@ -73,7 +73,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
                      else math.ceil(dataset.n_train / k))
   epochs = max(1, math.ceil(steps / steps_per_epoch))
   c.num_epochs = epochs
-  history = api.train(c, dataset=dataset, mesh=mesh)
+  history = trainer.train(c, dataset=dataset, mesh=mesh)
   n = dataset.n_train
   grad_sq, trace = np.asarray(history.steps["grad_sq"]), np.asarray(history.steps["trace_sigma"])
   # The trainer's estimates treat the data as infinite; correct them for the n examples
@@ -94,7 +94,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
   # batch norm, whose example gradients depend on the batch.
   ckpt_epochs = sorted({0, *np.unique(np.round(np.geomspace(1, epochs, s.noise_checkpoints))
                                       .astype(int)).tolist()}) if s.noise_checkpoints else []
-  program = run_lib.build_program(config_lib.resolve(c, n_devices=mesh.size,
+  program = program_lib.build_program(config_lib.resolve(c, n_devices=mesh.size,
                                                      spec=dataset.spec()), mesh)
   loss_fn = noise.classifier_loss(program.model)
   checkpoints = []
@@ -104,7 +104,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
     else:
       c_e = c.copy_and_resolve_references()
       c_e.num_epochs = e
-      state = history.state if e == epochs else api.train(c_e, dataset=dataset,
+      state = history.state if e == epochs else trainer.train(c_e, dataset=dataset,
                                                           mesh=mesh).state
     t0 = time.perf_counter()
     unit = dataset.unit()  # float32 images, as the step computes on

@@ -93,7 +93,7 @@ def make_sgdlab_loop(dataset: data.Dataset, k: int, mesh: Mesh, *, lr: float, de
   box = dict(state=run.init_state())
 
   def run_epoch(e: int) -> float:
-    box["state"], metrics = run.advance(box["state"], run.plan(e))
+    box["state"], metrics = run.advance(box["state"], run.order(e))
     metrics = jax.device_get(metrics)  # the loop's one sync per epoch
     if int(box["state"].diverged_at) >= 0:
       raise FloatingPointError(f"sgdlab diverged at k={k}; lower --learning_rate")

@@ -13,7 +13,7 @@ from typing import Any
 from sgdlab.config import default_config, set_field
 from sgdlab.errors import ConfigError
 from sgdlab.results.history import History
-from sgdlab.train.api import train, train_population
+from sgdlab.trainer import train, train_population
 
 __all__ = ["ConfigError", "History", "default_config", "find_batch_size", "train",
            "train_network_decay", "train_population"]

@@ -174,11 +174,11 @@ def _fixed_params_norms(train_step, mesh, batch_size, num_batches, state, x, y, 
   per_epoch = n // batch_size
   epochs = -(-num_batches // per_epoch)
 
-  def plan(e):
+  def order(e):
     order = jax.random.permutation(jax.random.fold_in(key, e), n)
     return order[:per_epoch * batch_size].reshape(per_epoch, batch_size)
 
-  idx = jax.vmap(plan)(jnp.arange(epochs)).reshape(-1, batch_size)[:num_batches]
+  idx = jax.vmap(order)(jnp.arange(epochs)).reshape(-1, batch_size)[:num_batches]
   batch_sharding = NamedSharding(mesh, P(step_lib.DATA))
 
   def batch_of(i):

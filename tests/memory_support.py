@@ -62,7 +62,8 @@ import json, resource, sys
 import jax
 from sgdlab import config as config_lib, data
 from sgdlab.memory import budget
-from sgdlab.train import api, step
+from sgdlab import trainer
+from sgdlab.train import step
 payload = json.loads(sys.argv[1])
 config = config_lib.from_dict(payload["config"])
 dataset = data.load(config.data)
@@ -73,7 +74,7 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMI
 for key, value in payload["fields"].items():
   config_lib.set_field(config, key, value)
 config.memory_budget = ""
-history = api.train(config, dataset=dataset, mesh=mesh)
+history = trainer.train(config, dataset=dataset, mesh=mesh)
 print("RESULT " + json.dumps(dict(config=history.config, epochs=history.num_epochs,
                                   acc=history.epochs["test_accuracy"][-1])), flush=True)
 """

@@ -15,7 +15,7 @@ import pytest
 import sgdlab
 from conftest import REPO, subprocess_env
 from sgdlab import models, noise
-from sgdlab.train import api as trainer
+from sgdlab import trainer
 from sgdlab.train import step
 
 

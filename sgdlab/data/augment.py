@@ -2,8 +2,8 @@
 horizontal flip.
 
 Each example's draw is a function of (the run's seed, the epoch, its index in the
-dataset) alone: `draws` computes it with the epoch's batch plan, as one int32 per
-example that the plan carries beside the index, and `apply` crops and flips the
+dataset) alone: `draws` computes it with the epoch's batch order, as one int32 per
+example that the order carries beside the index, and `apply` crops and flips the
 gathered batch in the scan body before the step. So an example gets the same crop and
 flip whatever the device count, the micro-batching, the pipeline (device or grain) or a
 resume, and a different one every epoch. Evaluation is never augmented.

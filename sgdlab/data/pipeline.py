@@ -1,7 +1,7 @@
-"""How training data reaches the devices: resident arrays and a batch plan per (seed, epoch).
+"""How training data reaches the devices: resident arrays and a batch order per (seed, epoch).
 
 The dataset is placed on every device once. Each epoch's order is a function of
-(seed, epoch) alone, computed on device as a plan of indices [steps, k] with a mask for
+(seed, epoch) alone, computed on device as a order of indices [steps, k] with a mask for
 the padded last batch; the compiled steps gather their batches from the resident arrays
 by those indices (`gather`), so nothing crosses the host per step and a resumed run sees
 the same batches. In a multi-process run each process places the whole dataset on its
@@ -39,7 +39,7 @@ def probe_order_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
 
 
-def batch_plan(n: int, batch_size: int, key: jax.Array | None, *,
+def batch_order(n: int, batch_size: int, key: jax.Array | None, *,
                drop_remainder: bool = False) -> Feed:
   """Indices and mask [steps, k] covering the n examples once, in a fresh permutation.
 

@@ -1,8 +1,8 @@
 """Streaming input (`data.pipeline="grain"`): batches read from disk by grain, in the
 device pipeline's order, for datasets that do not fit on a device.
 
-The order is not grain's: each epoch's batches are the rows of the same batch plan the
-device pipeline gathers from (`pipeline.batch_plan`, a function of (seed, epoch)), so
+The order is not grain's: each epoch's batches are the rows of the same batch order the
+device pipeline gathers from (`pipeline.batch_order`, a function of (seed, epoch)), so
 the two pipelines feed the step the same examples, and a run's results do not depend
 on which one it used. One grain dataset covers the run's global steps; element g is
 the batch of step g, read by grain's threads ahead of the step that needs it. Its
@@ -13,7 +13,7 @@ Images are read from memory maps: the IDX file itself when it is plain, otherwis
 .npy cache written once (`data.cache_dir`), and delivered as the resident pipeline
 stores them: uint8 pixels as they are (the step scales them), resized images as
 float32 in [0, 1], made per batch exactly as the resident pipeline makes the whole
-set. A batch carries its examples' augmentation draws when the plan has them. In a
+set. A batch carries its examples' augmentation draws when the order has them. In a
 multi-process run each process reads only the columns of each global batch that its
 own devices hold.
 """
@@ -35,7 +35,7 @@ from sgdlab.data.images import resizes, to_unit
 from sgdlab.errors import ConfigError, unwritable
 
 PIPELINES = ("device", "grain")
-HostPlan = Callable[[int], dict[str, np.ndarray]]  # epoch -> idx, draw? [P?, steps, k], mask
+HostOrder = Callable[[int], dict[str, np.ndarray]]  # epoch -> idx, draw? [P?, steps, k], mask
 _CACHE_FORMAT = 3  # 2: images cached as stored (uint8 pixels stay uint8); 3: cut to n_train first
 
 
@@ -145,40 +145,40 @@ def _cached(cfg: ml_collections.ConfigDict, name: str,
 class Stream:
   """The training batches of a run as one grain iterator over all its global steps.
 
-  `plan(epoch)` is the device pipeline's plan on the host; `columns` the part of every
+  `order(epoch)` is the device pipeline's order on the host; `columns` the part of every
   global batch this process reads. Elements are dicts x [P?, k_local, ...], y, mask
   [k_local]; `take(n)` stacks the next n along a steps axis (after the members axis).
   """
 
-  def __init__(self, source: ArraySource, plan: HostPlan, *, steps_per_epoch: int,
+  def __init__(self, source: ArraySource, order: HostOrder, *, steps_per_epoch: int,
                num_epochs: int, columns: slice, population: bool, read_threads: int,
                prefetch: int):
     import grain  # pylint: disable=g-import-not-at-top
-    self.source, self._plan_fn, self.columns = source, plan, columns
+    self.source, self._order_fn, self.columns = source, order, columns
     self.steps_per_epoch, self.population = steps_per_epoch, population
-    self._plans: dict[int, dict[str, np.ndarray]] = {}
+    self._orders: dict[int, dict[str, np.ndarray]] = {}
     self._lock = threading.Lock()
     dataset = grain.MapDataset.range(num_epochs * steps_per_epoch).map(self.batch)
     self._dataset = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=prefetch))
     self.iterator = iter(self._dataset)
 
-  def plan(self, epoch: int) -> dict[str, np.ndarray]:
-    with self._lock:  # grain's threads ask too; keep the plans of this and the last epoch
-      if epoch not in self._plans:
-        self._plans[epoch] = self._plan_fn(epoch)
-        for old in [e for e in self._plans if e < epoch - 1]:
-          del self._plans[old]
-      return self._plans[epoch]
+  def order(self, epoch: int) -> dict[str, np.ndarray]:
+    with self._lock:  # grain's threads ask too; keep the orders of this and the last epoch
+      if epoch not in self._orders:
+        self._orders[epoch] = self._order_fn(epoch)
+        for old in [e for e in self._orders if e < epoch - 1]:
+          del self._orders[old]
+      return self._orders[epoch]
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """Global step `step`'s batch: this process's columns of its plan row, read."""
+    """Global step `step`'s batch: this process's columns of its order row, read."""
     epoch, s = divmod(int(step), self.steps_per_epoch)
-    plan = self.plan(epoch)
-    x, y = self.source.batch(plan["idx"][..., s, self.columns])
-    out = dict(x=x, y=y, mask=plan["mask"][s, self.columns])
-    if "draw" in plan:
-      out["draw"] = plan["draw"][..., s, self.columns]
+    order = self.order(epoch)
+    x, y = self.source.batch(order["idx"][..., s, self.columns])
+    out = dict(x=x, y=y, mask=order["mask"][s, self.columns])
+    if "draw" in order:
+      out["draw"] = order["draw"][..., s, self.columns]
     return out
 
   @property

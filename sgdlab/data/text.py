@@ -10,7 +10,7 @@ A training epoch is floor(n_train / seq_len) windows of seq_len + 1 consecutive 
 floor(n_train / seq_len) * seq_len distinct positions (each once), and which fewer than
 seq_len positions it leaves out, and where windows break, moves from epoch to epoch. The
 one window that wraps joins the end of the training text to its start. The order of the
-windows is the batch plan's permutation, as for any dataset; only the starts are here.
+windows is the batch order's permutation, as for any dataset; only the starts are here.
 
 Test windows are fixed: non-overlapping from position 0, never wrapping, so each test
 target is scored once per evaluation.
@@ -31,7 +31,7 @@ from sgdlab.errors import ConfigError
 NAMES = ("text",)
 VOCAB_SIZE = 256
 
-# Folded into the data-order key before the epoch: the batch plan's permutation uses
+# Folded into the data-order key before the epoch: the batch order's permutation uses
 # fold_in(key, epoch) and CIFAR's augmentation draws fold in 2**32 - 1 first, so the
 # offsets are a stream of their own.
 _OFFSET_STREAM = 2**32 - 2

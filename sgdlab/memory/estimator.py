@@ -36,7 +36,8 @@ from sgdlab.memory.cpu_runtime import (CPU_RESERVE_BYTES, CPU_RESERVE_FRACTION,
                                        IM2COL_MAX_CHANNELS, conv_workspace_bytes)
 from sgdlab.memory.units import format_bytes
 from sgdlab.train import step
-from sgdlab.train.run import Program, build_program, replicated_structs
+from sgdlab.data.pipeline import replicated_structs
+from sgdlab.train.program import Program, build_program
 
 # Faster compiles with identical buffer assignment: only LLVM's work is reduced
 # (tests/memory checks the numbers are equal).

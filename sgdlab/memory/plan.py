@@ -43,7 +43,8 @@ from sgdlab.memory.estimator import Estimator, batch_struct
 from sgdlab.memory.search import check_fixed_parts
 from sgdlab.memory.units import format_bytes
 from sgdlab.train import step
-from sgdlab.train.run import build_program, replicated_structs
+from sgdlab.data.pipeline import replicated_structs
+from sgdlab.train.program import build_program
 
 DTYPES = tuple(d for d in config_dtypes if d != "auto")  # what dtype="auto" searches
 

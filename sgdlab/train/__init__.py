@@ -1,8 +1,11 @@
 """Training: the one train step, the Run that compiles it, and the one loop.
 
   step.py        the data-parallel train step and eval step (shard_map, pmean)
-  run.py         Program (compiled pieces, 1..P members) and Run (placed data)
-  loop.py        epochs -> Histories: divergence, noise EMA, evaluations, checkpoints
+  program.py     Program: the step's compiled pieces for 1..P members
+  run.py         Run: a Program with its data placed or streamed, its per-epoch order
+  loop.py        epochs -> Histories, calling small per-epoch pieces (sgdlab.train.pieces)
   checkpoint.py  orbax checkpoints of the state and the histories (bitwise resume)
-  api.py         train(config), train_population(configs)
+
+`sgdlab.trainer` (one floor up) decides the "auto" fields and loads the data once, then
+drives these.
 """

@@ -1,7 +1,7 @@
 """The training loop: a Run's epochs -> one History per member. Every training run uses it.
 
 The trainer, population training, trial mode and the experiments all come here. Per
-epoch: the data source's plan, then `Run.advance` over it (one call for the whole
+epoch: the data source's order, then `Run.advance` over it (one call for the whole
 epoch, or `steps_per_call` steps per call), one host sync, divergence per member, an
 evaluation, one log line, a checkpoint when due. Experiments may also ask for
 evaluations at given steps inside epochs (`eval_steps`), to stop at a `Target`, or

@@ -119,13 +119,13 @@ class Program:
     keys = [order_key(m.config.seed) for m in self.members]
     return keys[0] if not self.population else jnp.stack(keys)
 
-  def plan_fn(self) -> Callable[[jax.Array, jax.Array], pipeline.Feed]:
-    """Jitted `plan(data_keys, epoch) -> feed` of an epoch: idx [P?, steps, k], mask."""
+  def order_fn(self) -> Callable[[jax.Array, jax.Array], pipeline.Feed]:
+    """Jitted `order(data_keys, epoch) -> feed` of an epoch: idx [P?, steps, k], mask."""
     c = self.first
     n, k, seq_len = c.spec.n_train, c.batch_size, c.spec.seq_len
 
-    def plan(key, epoch):
-      feed = pipeline.batch_plan(n, k, jax.random.fold_in(key, epoch),
+    def order(key, epoch):
+      feed = pipeline.batch_order(n, k, jax.random.fold_in(key, epoch),
                                  drop_remainder=c.config.drop_remainder)
       if seq_len:  # windows -> their starts, from this epoch's offset
         feed["idx"] = text.window_starts(feed["idx"], text.epoch_offset(key, epoch, seq_len),
@@ -135,13 +135,13 @@ class Program:
       return feed
 
     if self.population:
-      each = jax.vmap(plan, in_axes=(0, None))
+      each = jax.vmap(order, in_axes=(0, None))
 
-      def plan(keys, epoch):  # one mask for all: it depends on the position alone
+      def order(keys, epoch):  # one mask for all: it depends on the position alone
         feed = each(keys, epoch)
         return dict(feed, mask=feed["mask"][0])
 
-    return jax.jit(plan)
+    return jax.jit(order)
 
   def advance_fn(self, checked: bool = False) -> Callable[..., Any]:
     """Jitted `advance(state, x, y, feed) -> (state, per-step metrics, finite)`: the
@@ -215,7 +215,7 @@ class Program:
 
     def evaluate(params, x, y):
       n = (x.shape[0] - 1) // seq_len if seq_len else x.shape[0]
-      feed = pipeline.batch_plan(n, self.eval_batch(n), None)
+      feed = pipeline.batch_order(n, self.eval_batch(n), None)
       if seq_len:
         feed["idx"] = feed["idx"] * seq_len
 

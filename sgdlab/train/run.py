@@ -16,9 +16,9 @@ from jax.sharding import Mesh
 from sgdlab.config import Resolved
 from sgdlab import data as data_lib
 from sgdlab.data import Dataset, pipeline, stream
-from sgdlab.data.pipeline import replicated_structs, slice_feed  # noqa: F401  (their old home)
+from sgdlab.data.pipeline import replicated_structs, slice_feed
 from sgdlab.train import step
-from sgdlab.train.program import Program, build_program, member  # noqa: F401  (re-exported)
+from sgdlab.train.program import Program, build_program
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class Run:
   compile_time: float = 0.0
   stream: stream.Stream | None = None  # the grain pipeline's training batches
   sources: dict[str, stream.ArraySource] = dataclasses.field(default_factory=dict)
-  _epoch_plan: tuple[int, pipeline.Feed] | None = dataclasses.field(default=None, repr=False)
+  _epoch_order: tuple[int, pipeline.Feed] | None = dataclasses.field(default=None, repr=False)
   _probe_keys: jax.Array | None = dataclasses.field(default=None, repr=False)
   _advance: dict = dataclasses.field(default_factory=dict, repr=False)
   _evaluate: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -51,20 +51,20 @@ class Run:
   def init_state(self) -> step.TrainState:
     return pipeline.replicate(self.program.init_state(), self.program.mesh)
 
-  def plan(self, epoch: int) -> pipeline.Feed:
-    """The epoch's batch plan (idx, mask), on the devices: both pipelines' order."""
-    return self._jitted["plan"](self.data_keys, jnp.int32(epoch))
+  def order(self, epoch: int) -> pipeline.Feed:
+    """The epoch's batch order (idx, mask), on the devices: both pipelines' order."""
+    return self._jitted["order"](self.data_keys, jnp.int32(epoch))
 
-  def host_plan(self, epoch: int) -> dict:
-    """The plan on the host, for the grain pipeline to read by."""
-    return jax.device_get(self.plan(epoch))
+  def host_order(self, epoch: int) -> dict:
+    """The order on the host, for the grain pipeline to read by."""
+    return jax.device_get(self.order(epoch))
 
   def feed(self, epoch: int, start: int, n: int) -> pipeline.Feed:
     """Steps [start, start + n) of an epoch, as `advance` takes them."""
     if self.stream is None:
-      if self._epoch_plan is None or self._epoch_plan[0] != epoch:
-        self._epoch_plan = (epoch, self.plan(epoch))
-      return slice_feed(self._epoch_plan[1], start, n)
+      if self._epoch_order is None or self._epoch_order[0] != epoch:
+        self._epoch_order = (epoch, self.order(epoch))
+      return slice_feed(self._epoch_order[1], start, n)
     at = epoch * self.program.steps_per_epoch + start
     if self.stream.position != at:
       self.stream.seek(at)
@@ -79,7 +79,7 @@ class Run:
     if self._probe_keys is None:
       self._probe_keys = pipeline.replicate(self.program.data_keys(pipeline.probe_order_key),
                                             self.program.mesh)
-    feed = slice_feed(self._jitted["plan"](self._probe_keys, jnp.int32(epoch)), 0,
+    feed = slice_feed(self._jitted["order"](self._probe_keys, jnp.int32(epoch)), 0,
                       int(self.program.first.config.noise_probe_batches))
     return self._jitted["probe"](state, self.arrays["x_train"], self.arrays["y_train"], feed)
 
@@ -130,7 +130,7 @@ class Run:
   def for_members(self, members: Sequence[Resolved]) -> Run:
     """The same compiled run for other members (other learning rates, seeds)."""
     program = dataclasses.replace(self.program, members=tuple(members))
-    run = dataclasses.replace(self, program=program, _epoch_plan=None, _probe_keys=None,
+    run = dataclasses.replace(self, program=program, _epoch_order=None, _probe_keys=None,
                               data_keys=pipeline.replicate(program.data_keys(), program.mesh))
     if program.streamed:  # the members' own batch orders
       _open_streams(run)
@@ -154,7 +154,7 @@ def create_run(members: Resolved | Sequence[Resolved], dataset: Dataset | None =
                                  for a in "xy"},
                                 program.mesh)
     run = Run(program, dataset, arrays, keys)
-  run._jitted.update(plan=program.plan_fn(), advance=program.advance_fn(),
+  run._jitted.update(order=program.order_fn(), advance=program.advance_fn(),
                      evaluate=program.evaluate_fn())
   if not compile_now:
     return run
@@ -169,7 +169,7 @@ def create_run(members: Resolved | Sequence[Resolved], dataset: Dataset | None =
 
 
 def _open_streams(run: Run) -> None:
-  """The grain pipeline's sources (train, test) and the training stream, read by plan."""
+  """The grain pipeline's sources (train, test) and the training stream, read by order."""
   program = run.program
   c = program.first.config
   run.sources.update({split: stream.open_split(c.data, split) for split in program.splits})
@@ -177,7 +177,7 @@ def _open_streams(run: Run) -> None:
                                                                   program.first.batch_size)
   logging.info("grain: process %d reads columns [%d, %d) of every batch of %d",
                jax.process_index(), columns.start, columns.stop, k)
-  run.stream = stream.Stream(run.sources["train"], run.host_plan, columns=columns,
+  run.stream = stream.Stream(run.sources["train"], run.host_order, columns=columns,
                              steps_per_epoch=program.steps_per_epoch, num_epochs=c.num_epochs,
                              population=program.population, read_threads=c.data.read_threads,
                              prefetch=c.data.prefetch)

@@ -14,7 +14,8 @@ import conftest
 from sgdlab import config as config_lib, data
 from sgdlab.data import augment, pipeline
 from sgdlab.errors import ConfigError
-from sgdlab.train import api, run as run_lib
+from sgdlab import trainer
+from sgdlab.train import program as program_lib, run as run_lib
 from test_cifar import write_cifar
 
 N, SIDE = 256, 32
@@ -42,16 +43,16 @@ def _seen(mesh, epochs: int, **overrides) -> dict[int, np.ndarray]:
   """Per epoch, each example's (row, col, flip) as the train step received it."""
   ds = _positions()
   config = conftest.tiny_config(**{"data.augment": "crop_flip", "batch_size": 64, **overrides})
-  program = run_lib.build_program(config_lib.resolve(config, n_devices=mesh.size,
+  program = program_lib.build_program(config_lib.resolve(config, n_devices=mesh.size,
                                                      spec=ds.spec()), mesh)
   record = lambda state, batch: (state, dict(x=batch["x"]))  # noqa: E731
   program = dataclasses.replace(program, train_step=record)
   x, y, keys = pipeline.replicate((ds.x_train, ds.y_train, program.data_keys()), mesh)
   state = pipeline.replicate(program.init_state(), mesh)
-  plan, advance = program.plan_fn(), program.advance_fn()
+  order, advance = program.order_fn(), program.advance_fn()
   out = {}
   for epoch in range(epochs):
-    feed = plan(keys, jnp.int32(epoch))
+    feed = order(keys, jnp.int32(epoch))
     _, steps, _ = advance(state, x, y, feed)
     index, row, col, flip = _decode(np.asarray(steps["x"]))
     np.testing.assert_array_equal(index, np.asarray(feed["idx"]))  # each image its own
@@ -102,7 +103,7 @@ def test_draws_follow_the_example_not_its_position():
 def test_evaluation_is_never_augmented(mesh1):
   ds = _positions()
   config = conftest.tiny_config(**{"data.augment": "crop_flip", "batch_size": 64})
-  program = run_lib.build_program(config_lib.resolve(config, n_devices=1, spec=ds.spec()),
+  program = program_lib.build_program(config_lib.resolve(config, n_devices=1, spec=ds.spec()),
                                   mesh1)
   add = lambda params, b: dict(  # noqa: E731
       loss_sum=jnp.sum(b["x"].astype(jnp.float32) * b["mask"][:, None, None, None]),
@@ -125,19 +126,19 @@ def _cifar_run(folder, **overrides):
 
 def test_micro_batching_sees_the_same_augmented_examples(tmp_path, mesh1):
   write_cifar(tmp_path)
-  whole = api.train(_cifar_run(tmp_path), mesh=mesh1)
-  micro = api.train(_cifar_run(tmp_path, microbatch_size=2), mesh=mesh1)
+  whole = trainer.train(_cifar_run(tmp_path), mesh=mesh1)
+  micro = trainer.train(_cifar_run(tmp_path, microbatch_size=2), mesh=mesh1)
   for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(micro.state.params),
                   strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
   resolved = config_lib.resolve(_cifar_run(tmp_path), n_devices=1)
-  assert run_lib.build_program(resolved, mesh1).augmented  # CIFAR's default: crop_flip
+  assert program_lib.build_program(resolved, mesh1).augmented  # CIFAR's default: crop_flip
 
 
 def test_the_grain_pipeline_augments_as_the_device_pipeline_does(tmp_path, mesh1):
   write_cifar(tmp_path / "cifar")
-  device = api.train(_cifar_run(tmp_path / "cifar"), mesh=mesh1)
-  grain = api.train(_cifar_run(tmp_path / "cifar", **{"data.pipeline": "grain",
+  device = trainer.train(_cifar_run(tmp_path / "cifar"), mesh=mesh1)
+  grain = trainer.train(_cifar_run(tmp_path / "cifar", **{"data.pipeline": "grain",
                                                       "data.cache_dir": str(tmp_path)}),
                     mesh=mesh1)
   for a, b in zip(jax.tree.leaves(device.state), jax.tree.leaves(grain.state), strict=True):

@@ -16,7 +16,7 @@ import conftest
 from sgdlab import config as config_lib, data
 from sgdlab.data import images, pipeline
 from sgdlab.errors import ConfigError
-from sgdlab.train import api
+from sgdlab import trainer
 
 FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
          "cifar100": (["train"], "test")}
@@ -243,7 +243,7 @@ def test_uint8_storage_trains_exactly_as_float32_storage(tmp_path, mesh1):
   stored = data.load(cfg(tmp_path))
   unit = stored.unit()
   assert unit.x_train.dtype == np.float32 and unit.x_train.max() == 1.0
-  runs = [api.train(_tiny(tmp_path), dataset=ds, mesh=mesh1) for ds in (stored, unit)]
+  runs = [trainer.train(_tiny(tmp_path), dataset=ds, mesh=mesh1) for ds in (stored, unit)]
   _assert_same_run(*runs)
 
 

@@ -15,7 +15,8 @@ import conftest
 from sgdlab import config as config_lib, data
 from sgdlab.data import idx, pipeline, stream
 from sgdlab.errors import ConfigError
-from sgdlab.train import api, run as run_lib, step
+from sgdlab import trainer
+from sgdlab.train import run as run_lib, step
 
 
 def _grain(tmp_path, **overrides):
@@ -36,15 +37,15 @@ def _write_idx_dir(folder, n_train=90, n_test=30, side=6, gz=False):
 
 
 def _assert_same_batches(run, dataset, epochs):
-  """Every step's streamed batch is the device pipeline's gather of the same plan row."""
+  """Every step's streamed batch is the device pipeline's gather of the same order row."""
   x, y = np.asarray(dataset.x_train), np.asarray(dataset.y_train)
   for epoch in range(epochs):
-    plan = jax.device_get(run.plan(epoch))
+    order = jax.device_get(run.order(epoch))
     for s in range(run.program.steps_per_epoch):
       got = run.stream.take(1)
-      np.testing.assert_array_equal(got["x"][0], x[plan["idx"][s]])
-      np.testing.assert_array_equal(got["y"][0], y[plan["idx"][s]])
-      np.testing.assert_array_equal(got["mask"][0], plan["mask"][s])
+      np.testing.assert_array_equal(got["x"][0], x[order["idx"][s]])
+      np.testing.assert_array_equal(got["y"][0], y[order["idx"][s]])
+      np.testing.assert_array_equal(got["mask"][0], order["mask"][s])
 
 
 @pytest.mark.parametrize("source", ["synthetic", "idx", "idx.gz"])
@@ -81,8 +82,8 @@ def test_seek_and_restored_iterator_state_give_the_batch_of_that_step(tmp_path, 
 def test_a_grain_run_is_bitwise_the_device_run(tmp_path, mesh1, mesh8, devices,
                                                steps_per_call):
   mesh = mesh1 if devices == 1 else mesh8
-  device = api.train(conftest.tiny_config(), mesh=mesh)
-  grain = api.train(_grain(tmp_path, steps_per_call=steps_per_call), mesh=mesh)
+  device = trainer.train(conftest.tiny_config(), mesh=mesh)
+  grain = trainer.train(_grain(tmp_path, steps_per_call=steps_per_call), mesh=mesh)
   for a, b in zip(jax.tree.leaves(device.state), jax.tree.leaves(grain.state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert grain.steps == device.steps
@@ -92,10 +93,10 @@ def test_a_grain_run_is_bitwise_the_device_run(tmp_path, mesh1, mesh8, devices,
 
 def test_a_grain_population_is_its_members_run_alone(tmp_path, mesh1):
   members = ((0.1, 0), (0.5, 1))
-  population = api.train_population(
+  population = trainer.train_population(
       [_grain(tmp_path, learning_rate=lr, seed=seed) for lr, seed in members], mesh=mesh1)
   for (lr, seed), history in zip(members, population):
-    alone = api.train(conftest.tiny_config(learning_rate=lr, seed=seed), mesh=mesh1)
+    alone = trainer.train(conftest.tiny_config(learning_rate=lr, seed=seed), mesh=mesh1)
     assert history.steps["loss"] == alone.steps["loss"]
     assert history.epochs["test_loss"] == alone.epochs["test_loss"]
 

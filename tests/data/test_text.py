@@ -111,7 +111,7 @@ def test_an_epoch_covers_each_position_at_most_once(n, seq_len, offset):
 
 
 def test_the_same_windows_in_any_order():
-  """The batch plan permutes window indices; the set of windows does not change."""
+  """The batch order permutes window indices; the set of windows does not change."""
   n, seq_len, offset = 90, 7, 3
   tokens = jnp.arange(n, dtype=jnp.int32)
   w = text.n_windows_train(n, seq_len)

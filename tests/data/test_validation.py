@@ -8,7 +8,8 @@ import pytest
 import conftest
 from sgdlab import config as config_lib, data
 from sgdlab.errors import ConfigError
-from sgdlab.train import api, loop, run as run_lib
+from sgdlab import trainer
+from sgdlab.train import loop, run as run_lib
 
 
 def test_the_validation_split_is_held_out_of_training():
@@ -27,9 +28,9 @@ def test_the_validation_split_is_held_out_of_training():
 
 def test_every_epoch_reports_validation_and_a_target_can_use_it(mesh1):
   c = conftest.tiny_config(**{"data.validation_fraction": 0.25})
-  h = api.train(c, mesh=mesh1)
+  h = trainer.train(c, mesh=mesh1)
   assert len(h.epochs["validation_loss"]) == len(h.epochs["test_loss"]) == 3
-  assert "validation_loss" not in api.train(conftest.tiny_config(), mesh=mesh1).epochs
+  assert "validation_loss" not in trainer.train(conftest.tiny_config(), mesh=mesh1).epochs
   run = run_lib.create_run(config_lib.resolve(c, n_devices=1), mesh=mesh1)
   (h,) = loop.run_loop(run, eval_steps=[2, 4], target=loop.Target("validation_accuracy", 0.0))
   assert h.reached == 2 and "validation_accuracy" in h.evals

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import subprocess_env
 from sgdlab.sweep import store
-from sgdlab.train import api as trainer
+from sgdlab import trainer
 from sgdlab.train import step
 
 CONFIG = textwrap.dedent('''

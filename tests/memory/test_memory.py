@@ -22,7 +22,7 @@ from memory_support import GiB, MiB, budget, fit_cli, oom_config, tiny, train_un
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.memory import cpu_runtime, estimator, search, trials, units
-from sgdlab.train import api as trainer
+from sgdlab import trainer
 from sgdlab.errors import ConfigError
 
 

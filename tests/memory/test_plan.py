@@ -18,7 +18,7 @@ from sgdlab import config as config_lib
 from sgdlab.errors import ConfigError
 from sgdlab.memory import estimator, plan, trials
 from sgdlab.sweep import runner
-from sgdlab.train import api
+from sgdlab import trainer
 
 K = 8192
 
@@ -130,7 +130,7 @@ def test_population_members_share_one_plan(mesh1, monkeypatch):
   calls = _count_plans(monkeypatch)
   configs = [tiny_config(microbatch_size="auto", memory_budget="2GiB", learning_rate=lr,
                          num_epochs=1) for lr in (0.1, 0.2)]
-  histories = api.train_population(configs, mesh=mesh1)
+  histories = trainer.train_population(configs, mesh=mesh1)
   assert len(calls) == 1
   assert histories[0].config["microbatch_size"] == histories[1].config["microbatch_size"]
 

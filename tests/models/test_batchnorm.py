@@ -15,7 +15,8 @@ import conftest
 from sgdlab import config as config_lib, models, optim
 from sgdlab.errors import ConfigError
 from sgdlab.models.batchnorm import BatchNorm
-from sgdlab.train import api, run as run_lib, step
+from sgdlab import trainer
+from sgdlab.train import program as program_lib, run as run_lib, step
 
 
 def _x(n=32, c=3, seed=0):
@@ -96,7 +97,7 @@ def test_running_averages_move_once_per_optimizer_update(mesh1, microbatch):
   micro-batches (their moments averaged)."""
   resolved = config_lib.resolve(_resnet_config(batch_size=32, microbatch_size=microbatch),
                                 n_devices=1)
-  program = run_lib.build_program(resolved, mesh1)
+  program = program_lib.build_program(resolved, mesh1)
   state = program.init_state()
   state = state.replace(batch_stats=jax.tree.map(jnp.zeros_like, state.batch_stats))
   x = jnp.tile(_x(32, seed=3), (1, 2, 2, 1))  # 8x8x3 inputs
@@ -115,9 +116,9 @@ def test_running_averages_move_once_per_optimizer_update(mesh1, microbatch):
 def test_a_resnet_resumes_bitwise_with_its_running_averages(mesh1, tmp_path):
   config = _resnet_config(num_epochs=3, checkpoint_every_epochs=1)
   ckpt = str(tmp_path / "ckpt")
-  plain = api.train(config, mesh=mesh1, checkpoint_dir=ckpt)  # checkpoints change nothing
+  plain = trainer.train(config, mesh=mesh1, checkpoint_dir=ckpt)  # checkpoints change nothing
   shutil.rmtree(f"{ckpt}/3")
-  resumed = api.train(config, mesh=mesh1, checkpoint_dir=ckpt)
+  resumed = trainer.train(config, mesh=mesh1, checkpoint_dir=ckpt)
   for a, b in zip(jax.tree.leaves(plain.state), jax.tree.leaves(resumed.state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert plain.epochs["test_loss"] == resumed.epochs["test_loss"]
@@ -136,9 +137,9 @@ def test_evaluation_reads_the_running_averages(mesh1):
 @pytest.mark.slow
 def test_a_resnet_population_is_its_members_run_alone(mesh1):
   members = [_resnet_config(learning_rate=lr, seed=s) for lr, s in ((0.05, 0), (0.02, 1))]
-  population = api.train_population(members, mesh=mesh1)
+  population = trainer.train_population(members, mesh=mesh1)
   for config, history in list(zip(members, population))[1:]:  # the other lr and seed
-    alone = api.train(config, mesh=mesh1)
+    alone = trainer.train(config, mesh=mesh1)
     np.testing.assert_allclose(history.steps["loss"], alone.steps["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(history.state.batch_stats),
                     jax.tree.leaves(alone.state.batch_stats)):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from sgdlab import config as config_lib, models
-from sgdlab.train import run as run_lib, step
+from sgdlab.train import program as program_lib, run as run_lib, step
 
 LR_FN = lambda count, lr, decay: lr / (1.0 + decay * count)
 # Image models; the language model's precision and remat: tests/models/test_transformer.py.
@@ -48,7 +48,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(name, mesh1)
                                                  "model.conv_dropout": 0.0,
                                                  "model.dense_dropout": 0.0}),
                                   n_devices=1)
-    program = run_lib.build_program(resolved, mesh1)
+    program = program_lib.build_program(resolved, mesh1)
     state, batch = program.init_state(), _batch((8, 8, 1))
     train_step = jax.jit(program.train_step)
     text = train_step.lower(state, batch).as_text()
@@ -75,7 +75,7 @@ def test_remat_gives_the_same_gradients(name, mesh1):
   for remat in (False, True):
     config = tiny_config(drop_remainder=True, **{"model.name": name, "model.remat": remat,
                             "model.conv_dropout": 0.0, "model.dense_dropout": 0.0})
-    program = run_lib.build_program(config_lib.resolve(config, n_devices=1), mesh1)
+    program = program_lib.build_program(config_lib.resolve(config, n_devices=1), mesh1)
     params = program.init_state().params
     grads.append(jax.jit(step.make_grad_fn(program.model, mesh1))(params, _batch((8, 8, 1))))
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):

@@ -22,7 +22,8 @@ from conftest import subprocess_env, tiny_config
 from sgdlab import config as config_lib, data
 from sgdlab.results import tensorboard
 from sgdlab.sweep import progress, runner, store, workers
-from sgdlab.train import api as trainer, loop, run as run_lib
+from sgdlab import trainer
+from sgdlab.train import loop, run as run_lib
 
 
 def read_events(path):

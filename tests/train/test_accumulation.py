@@ -9,7 +9,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from conftest import tiny_config
 from sgdlab import config as config_lib, models
 from sgdlab.errors import ConfigError
-from sgdlab.train import api, step
+from sgdlab import trainer
+from sgdlab.train import step
 
 MODEL = models.MLP(hidden=(16, 16), num_classes=10)
 LR_FN = lambda count, lr, decay: lr / (1.0 + decay * count)
@@ -72,8 +73,8 @@ def test_noise_groups_split_each_micro_batch(mesh1):
 
 
 def test_a_run_with_accumulation_counts_updates_and_matches_one_without(mesh1):
-  plain = api.train(tiny_config(), mesh=mesh1)
-  acc = api.train(tiny_config(microbatch_size=8), mesh=mesh1)  # k=32: 4 micro-steps
+  plain = trainer.train(tiny_config(), mesh=mesh1)
+  acc = trainer.train(tiny_config(microbatch_size=8), mesh=mesh1)  # k=32: 4 micro-steps
   steps = 3 * 7  # ceil(200 / 32) updates per epoch, the last one partial
   assert int(acc.state.step) == int(plain.state.step) == steps
   np.testing.assert_array_equal(acc.steps["lr"], plain.steps["lr"])

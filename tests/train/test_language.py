@@ -16,7 +16,8 @@ import pytest
 import conftest
 from sgdlab import config as config_lib
 from sgdlab.errors import ConfigError
-from sgdlab.train import api, run as run_lib, step
+from sgdlab import trainer
+from sgdlab.train import run as run_lib, step
 
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness; héllo wörld. ") * 6
@@ -93,8 +94,8 @@ def test_an_epoch_is_every_window_from_one_offset_and_the_offset_moves(corpus, m
   n_tokens, seq_len = len(run.dataset.x_train), 8
   offsets = set()
   for epoch in range(6):
-    plan = jax.device_get(run.plan(epoch))
-    starts = plan["idx"][plan["mask"] > 0]
+    order = jax.device_get(run.order(epoch))
+    starts = order["idx"][order["mask"] > 0]
     assert len(starts) == n_tokens // seq_len == run.program.first.spec.n_train
     offset = int(starts.min() % seq_len)
     assert sorted(starts.tolist()) == sorted(((offset + np.arange(len(starts)) * seq_len)
@@ -104,7 +105,7 @@ def test_an_epoch_is_every_window_from_one_offset_and_the_offset_moves(corpus, m
 
 
 def test_history_reports_perplexity_and_bits_per_byte(corpus, mesh1):
-  h = api.train(lm_config(corpus, **{"data.validation_fraction": 0.2}), mesh=mesh1)
+  h = trainer.train(lm_config(corpus, **{"data.validation_fraction": 0.2}), mesh=mesh1)
   e = h.epochs
   assert len(e["test_loss"]) == 2
   for split in ("test", "validation"):
@@ -117,8 +118,8 @@ def test_history_reports_perplexity_and_bits_per_byte(corpus, mesh1):
 @pytest.mark.slow
 def test_eight_devices_train_as_one(corpus, mesh1, mesh8):
   c = lm_config(corpus, batch_size=16)
-  one = api.train(c, mesh=mesh1)
-  eight = api.train(c, mesh=mesh8)
+  one = trainer.train(c, mesh=mesh1)
+  eight = trainer.train(c, mesh=mesh8)
   np.testing.assert_allclose(eight.steps["loss"], one.steps["loss"], rtol=1e-5)
 
 

@@ -9,7 +9,8 @@ import conftest
 from sgdlab import config as config_lib, data, noise
 from sgdlab.data import pipeline
 from sgdlab.errors import ConfigError
-from sgdlab.train import api as trainer, loop, run as run_lib
+from sgdlab import trainer
+from sgdlab.train import loop, program as program_lib, run as run_lib
 
 
 def probe_config(**overrides):
@@ -37,10 +38,10 @@ def test_the_probe_is_the_step_on_its_own_batches_at_the_final_parameters(mesh1,
   last epoch, at the run's final state, finite-n corrected and averaged."""
   config = probe_config()
   resolved = config_lib.resolve(config, n_devices=1)
-  program = run_lib.build_program(resolved, mesh1)
+  program = program_lib.build_program(resolved, mesh1)
   dataset = data.load(config.data)
   key = jax.random.fold_in(pipeline.probe_order_key(config.seed), 1)  # epoch index 1
-  idx = np.asarray(pipeline.batch_plan(256, 32, key)["idx"])
+  idx = np.asarray(pipeline.batch_order(256, 32, key)["idx"])
   assert idx.shape == (8, 32) and len(set(idx.ravel())) == 256  # one permutation, all full
   train_step = jax.jit(program.train_step)
   norms = {}

@@ -11,7 +11,7 @@ import pytest
 import conftest
 from sgdlab.sweep import expand as sweep
 from sgdlab.sweep import groups as population
-from sgdlab.train import api as trainer
+from sgdlab import trainer
 from sgdlab.errors import ConfigError
 
 

@@ -20,7 +20,8 @@ from conftest import subprocess_env
 from sgdlab import config as config_lib, data
 from sgdlab.results import summary
 from sgdlab.sweep import store
-from sgdlab.train import api as trainer, loop, run as run_lib
+from sgdlab import trainer
+from sgdlab.train import loop, run as run_lib
 
 TIMING_KEYS = ("wall_time", "examples_per_sec")
 

@@ -1,4 +1,4 @@
-"""The Run: batch plans, the advance program, calls of any length, populations."""
+"""The Run: batch orders, the advance program, calls of any length, populations."""
 
 import flax.linen as nn
 import jax
@@ -21,16 +21,16 @@ def _run(mesh, **overrides):
 
 
 def test_batch_plan_sees_every_example_once():
-  feed = pipeline.batch_plan(10, 4, jax.random.PRNGKey(0))
+  feed = pipeline.batch_order(10, 4, jax.random.PRNGKey(0))
   idx, mask = np.asarray(feed["idx"]), np.asarray(feed["mask"])
   assert idx.shape == mask.shape == (3, 4)
   assert sorted(idx[mask == 1].tolist()) == list(range(10))
   assert mask.sum() == 10 and mask[-1].tolist() == [1, 1, 0, 0]
-  assert not np.array_equal(idx, pipeline.batch_plan(10, 4, jax.random.PRNGKey(1))["idx"])
+  assert not np.array_equal(idx, pipeline.batch_order(10, 4, jax.random.PRNGKey(1))["idx"])
 
 
 def test_drop_remainder_keeps_only_full_batches():
-  feed = pipeline.batch_plan(10, 4, jax.random.PRNGKey(0), drop_remainder=True)
+  feed = pipeline.batch_order(10, 4, jax.random.PRNGKey(0), drop_remainder=True)
   assert feed["idx"].shape == (2, 4) and np.all(np.asarray(feed["mask"]) == 1)
   assert len(set(np.asarray(feed["idx"]).ravel().tolist())) == 8
 
@@ -42,7 +42,7 @@ def test_an_epoch_at_k1_is_per_example_sgd(mesh1):
   state = run.init_state()
   params = jax.device_get(state.params)
   x, y = run.dataset.x_train, run.dataset.y_train
-  order = np.asarray(run.plan(0)["idx"])[:, 0]
+  order = np.asarray(run.order(0)["idx"])[:, 0]
 
   def loss(p, i):
     logits = program.model.apply({"params": p}, x[i:i + 1])
@@ -51,7 +51,7 @@ def test_an_epoch_at_k1_is_per_example_sgd(mesh1):
   for t, i in enumerate(order):
     lr = 0.1 / (1 + 0.5 * t)
     params = jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(loss)(params, i))
-  state, metrics = run.advance(state, run.plan(0))
+  state, metrics = run.advance(state, run.order(0))
   assert metrics["loss"].shape == (5,)
   np.testing.assert_allclose(metrics["lr"], [0.1 / (1 + 0.5 * t) for t in range(5)], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
@@ -143,7 +143,7 @@ def test_a_gradient_going_non_finite_mid_call_stops_the_run_at_that_step(
   resolved = [config_lib.resolve(tiny_config(batch_size=8, seed=s, learning_rate=0.1),
                                  n_devices=1, spec=ds.spec()) for s in range(members)]
   run = run_lib.create_run(resolved if members > 1 else resolved[0], ds, mesh1)
-  feed = run.plan(0)
+  feed = run.order(0)
   state, metrics = run.advance(run.init_state(), feed)
   assert any(checked for _, checked in run._advance)  # the rerun happened
   idx = np.asarray(feed["idx"]).reshape(members, -1, 8)
@@ -153,7 +153,7 @@ def test_a_gradient_going_non_finite_mid_call_stops_the_run_at_that_step(
     assert int(member.diverged_at) == bad and int(member.step) == bad
     assert np.all(np.isfinite(np.asarray(run.program.member(metrics, m)["loss"])))
     # The parameters are those after the steps before it, run on their own.
-    before = run_lib.slice_feed(jax.tree.map(lambda a: a, feed), 0, bad)
+    before = pipeline.slice_feed(jax.tree.map(lambda a: a, feed), 0, bad)
     ref, _ = run.advance(run.init_state(), before)
     for a, b in zip(jax.tree.leaves(member.params),
                     jax.tree.leaves(run.program.member(ref, m).params)):

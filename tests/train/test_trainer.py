@@ -10,7 +10,7 @@ import sgdlab
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.results import diagnostics
-from sgdlab.train import api as trainer
+from sgdlab import trainer
 from sgdlab.errors import ConfigError
 from sgdlab.results.history import History
 

@@ -1,4 +1,5 @@
-"""Training from a config: resolve it, place the data, build the Run, drive the loop.
+"""Training from a config: decide the "auto" fields and load the data once, build the
+Run, drive the loop.
 
 `train` is one run, `train_population` many runs that differ only in learning_rate,
 lr_decay and seed trained as one vmapped program; both end in `sgdlab.train.loop`.
@@ -14,6 +15,7 @@ from jax.sharding import Mesh
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.config import Resolved
+from sgdlab.memory import auto
 from sgdlab.results import tensorboard
 from sgdlab.results.history import History
 from sgdlab.train import loop, run as run_lib, step
@@ -23,7 +25,6 @@ def prepare(config: ml_collections.ConfigDict | Resolved, mesh: Mesh,
             dataset: data.Dataset | None = None) -> tuple[Resolved, data.Dataset]:
   """Resolve (unless done already), decide the "auto" fields (k, then the fixed-k plan),
   load the data."""
-  from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   if isinstance(config, Resolved):
     resolved = config
   else:
@@ -85,7 +86,6 @@ def train_population(configs: Sequence[ml_collections.ConfigDict | Resolved], *,
       c, n_devices=mesh.size, spec=None if dataset is None else dataset.spec()) for c in configs]
   config_lib.check_members([r.config for r in resolved])
   # The "auto" fields are decided once: members differ only in numbers the step reads.
-  from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   first, dataset = prepare(resolved[0], mesh, dataset)
   decided = auto.decided_fields(first)
   members = [first] + [r.with_fields(**decided) for r in resolved[1:]]
