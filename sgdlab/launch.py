@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     hosts.initialize(coordinator_address=_COORDINATOR.value,
                      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   signal.signal(signal.SIGTERM, _terminate)
-  failures = cli.call(lambda: runner.run(config, opts, overrides=cli.overrides()))
+  failures = cli.call(lambda: runner.run_sweep(config, opts, overrides=cli.overrides()))
   sys.exit(1 if failures else 0)
 
 

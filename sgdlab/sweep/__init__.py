@@ -2,7 +2,7 @@
 
   expand.py    a config's sweep section -> points with stable ids
   groups.py    which points train together as one population
-  runner.py    plan (validate everything, resolve auto k), then train this worker's share
+  runner.py    resolve_points (validate everything, decide auto k), run_sweep, then train this worker's share
   store.py     result folders, written atomically
   claims.py    claim files: no point runs twice at once
   workers.py   worker index and count (flags, SLURM arrays, Kubernetes indexed jobs)

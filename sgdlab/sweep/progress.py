@@ -54,7 +54,7 @@ class Progress:
       self.bar = None
 
   def prefix(self, p: Any) -> str:
-    """For a planned point (`runner.Planned`)."""
+    """For a resolved point (`runner.ResolvedPoint`)."""
     return f"point {p.point.index + 1}/{self.total} (worker {self.worker})"
 
   def settled(self, seconds: float | None = None) -> str:

@@ -1,6 +1,6 @@
-"""Run an experiment: plan every point, then train this worker's share, then summarize.
+"""Run an experiment: resolve every point, then train this worker's share, then summarize.
 
-`plan` does all the checking before anything is written or trained: it expands the
+`resolve_points` does all the checking before anything is written or trained: it expands the
 sweep, refuses command-line overrides of fields the sweep sets, resolves every point
 (`sgdlab.config.resolve`), checks population groups, and decides the "auto" fields (k,
 the fixed-k plan) by compiling (`sgdlab.memory.auto`). A bad value is one ConfigError.
@@ -58,7 +58,7 @@ class Options:
 
 
 @dataclasses.dataclass(frozen=True)
-class Planned:
+class ResolvedPoint:
   point: expand.Point
   resolved: config_lib.Resolved
 
@@ -78,14 +78,14 @@ def check_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
                        f"(--config.{where.split('[')[0]}=...)")
 
 
-def plan(config: ml_collections.ConfigDict, mesh,
-         overrides: Mapping[str, str] | None = None) -> list[Planned]:
+def resolve_points(config: ml_collections.ConfigDict, mesh,
+                   overrides: Mapping[str, str] | None = None) -> list[ResolvedPoint]:
   """Every point expanded, validated and resolved ("auto" fields decided), before anything
   else."""
   from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   check_overrides(config, overrides or {})
   points = expand.expand(config)
-  planned, autos = [], {}
+  all_points, autos = [], {}
   for point in points:
     resolved = config_lib.resolve(point.config, n_devices=mesh.size)
     if resolved.auto_batch_size or resolved.auto_plan:
@@ -95,16 +95,16 @@ def plan(config: ml_collections.ConfigDict, mesh,
         autos[key] = auto.decided_fields(
             auto.resolve_plan(auto.resolve_batch_size(resolved, mesh), mesh))
       resolved = resolved.with_fields(**autos[key])
-    planned.append(Planned(point, resolved))
+    all_points.append(ResolvedPoint(point, resolved))
   for group in groups.group(points):
     if len(group) > 1:
       config_lib.check_members([p.config for p in group])
-  return planned
+  return all_points
 
 
-def check_workdir(workdir: str, planned: Sequence[Planned]) -> None:
+def check_workdir(workdir: str, all_points: Sequence[ResolvedPoint]) -> None:
   """Refuse a workdir whose folder for some point id holds another config (read only)."""
-  for p in planned:
+  for p in all_points:
     path = os.path.join(workdir, p.id, "config.json")
     if not os.path.exists(path):
       continue
@@ -148,24 +148,24 @@ def prepare_outputs(options: Options) -> None:
 
 
 class Sweep:
-  """This worker's run of a planned sweep: claims, training, results, failures."""
+  """This worker's run of a resolved sweep: claims, training, results, failures."""
 
-  def __init__(self, planned: Sequence[Planned], mine: Sequence[Planned], options: Options,
-               mesh):
+  def __init__(self, all_points: Sequence[ResolvedPoint], mine: Sequence[ResolvedPoint],
+               options: Options, mesh):
     self.options, self.mesh = options, mesh
     self.owner = claims.Owner(worker=str(options.worker))
-    self.progress = progress.Progress(len(planned), len(mine), options.worker)
+    self.progress = progress.Progress(len(all_points), len(mine), options.worker)
     self.writer = hosts.is_writer()
     self.failed: list[tuple[str, str]] = []
-    self.held: list[Planned] = []
+    self.held: list[ResolvedPoint] = []
     self._dataset: tuple[str, data.Dataset] | None = None
 
-  def run_groups(self, planned: Sequence[Planned]) -> None:
-    by_id = {p.id: p for p in planned}
-    for group in groups.group([p.point for p in planned]):
+  def run_groups(self, all_points: Sequence[ResolvedPoint]) -> None:
+    by_id = {p.id: p for p in all_points}
+    for group in groups.group([p.point for p in all_points]):
       self.run_group([by_id[point.id] for point in group])
 
-  def run_group(self, group: Sequence[Planned]) -> None:
+  def run_group(self, group: Sequence[ResolvedPoint]) -> None:
     """Claim what it can of a group, and train those points as one run."""
     taken = []
     try:
@@ -180,7 +180,7 @@ class Sweep:
         if claim is not None:
           claim.release()
 
-  def _claim(self, p: Planned):
+  def _claim(self, p: ResolvedPoint):
     """(decision, claim): SKIPPED when finished, HELD when claimed elsewhere, else TRAINED."""
     point_dir = os.path.join(self.options.workdir, p.id)
     claim, decision = None, SKIPPED
@@ -227,7 +227,7 @@ class Sweep:
       events(member, history)
     return write
 
-  def _train(self, group: Sequence[Planned]) -> None:
+  def _train(self, group: Sequence[ResolvedPoint]) -> None:
     """Train one point, or a population, and write each member's folder."""
     from sgdlab.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
     who = dict(worker=str(self.options.worker), host=self.owner.host, pid=self.owner.pid)
@@ -302,18 +302,18 @@ class Sweep:
         time.sleep(_POLL_SECONDS)
 
 
-def run(config: ml_collections.ConfigDict, options: Options, *,
+def run_sweep(config: ml_collections.ConfigDict, options: Options, *,
         overrides: Mapping[str, str] | None = None) -> int:
   """Plan, run this worker's points not already finished, summarize; returns failures."""
   from sgdlab.train import step  # pylint: disable=g-import-not-at-top
   mesh = step.make_mesh()
-  planned = plan(config, mesh, overrides)
-  mine = expand.share(planned, options.worker.index, options.worker.count)
-  check_workdir(options.workdir, planned)
-  sweep = Sweep(planned, mine, options, mesh)
+  all_points = resolve_points(config, mesh, overrides)
+  mine = expand.share(all_points, options.worker.index, options.worker.count)
+  check_workdir(options.workdir, all_points)
+  sweep = Sweep(all_points, mine, options, mesh)
   if sweep.writer:
     prepare_outputs(options)
-  logging.info("sweep of %d points; worker %s runs %d of them in %s", len(planned),
+  logging.info("sweep of %d points; worker %s runs %d of them in %s", len(all_points),
                options.worker, len(mine), options.workdir)
   with sweep.progress:
     sweep.run_groups(mine)
@@ -329,4 +329,4 @@ def run(config: ml_collections.ConfigDict, options: Options, *,
   return len(sweep.failed)
 
 
-__all__ = ["ConfigError", "Options", "Planned", "plan", "run"]
+__all__ = ["ConfigError", "Options", "ResolvedPoint", "resolve_points", "run_sweep"]

@@ -2,14 +2,14 @@
 
   python -m sgdlab.launch --config=... --submit=slurm --slurm_partition=gpu --num_workers=8
 
-The submitting process plans the sweep first (`runner.plan`, `runner.check_workdir`), so
+The submitting process plans the sweep first (`runner.resolve_points`, `runner.check_workdir`), so
 bad input is one line and exit code 2 before anything is submitted or written. Then job
 i of N is worker i/N of the claim protocol (`sgdlab.sweep.claims`): resubmitting the same
 command after preemption or a crash skips finished points and resumes interrupted ones.
 
-Each job calls `runner.run` in its own process rather than re-running the launch command
+Each job calls `runner.run_sweep` in its own process rather than re-running the launch command
 line (`submitit.helpers.CommandFunction`), for two reasons:
-- What runs is what was validated: the planned ConfigDict (overrides applied) is pickled
+- What runs is what was validated: the resolved ConfigDict (overrides applied) is pickled
   at submission, so a config file edited while the array waits in the queue cannot give
   the tasks different sweeps.
 - Preemption unwinds the worker itself: submitit's signal handler runs in the process
@@ -153,7 +153,7 @@ class Task:
       flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
-    return runner.run(self.config, self.options, overrides=self.overrides)
+    return runner.run_sweep(self.config, self.options, overrides=self.overrides)
 
   def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
     import submitit  # pylint: disable=g-import-not-at-top
@@ -186,8 +186,8 @@ def submit(config: ml_collections.ConfigDict, request: Request,
   check(request)
   base = options()
   from sgdlab.train import step  # pylint: disable=g-import-not-at-top
-  planned = runner.plan(config, step.make_mesh(), overrides)
-  runner.check_workdir(base.workdir, planned)
+  points = runner.resolve_points(config, step.make_mesh(), overrides)
+  runner.check_workdir(base.workdir, points)
   runner.prepare_outputs(base)
   workdir = os.path.abspath(base.workdir)
   folder = os.path.abspath(request.folder or os.path.join(workdir, "submitit"))
@@ -196,7 +196,7 @@ def submit(config: ml_collections.ConfigDict, request: Request,
                 overrides or {}) for i in range(n)]
   jobs = executor(request, folder, f"sgdlab-{os.path.basename(workdir)}").submit_array(tasks)
   where = "SLURM" if request.kind == "slurm" else "local"
-  print(f"submitted {n} {where} job(s) for the {len(planned)} points of {workdir}; "
+  print(f"submitted {n} {where} job(s) for the {len(points)} points of {workdir}; "
         "logs in " + folder)
   for i, job in enumerate(jobs):
     print(f"  worker {i}/{n}: job {job.job_id}, log {job.paths.stderr}")

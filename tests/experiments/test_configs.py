@@ -27,7 +27,7 @@ def _module(name):
                                          ("population_lr_sweep", 6)])
 def test_launch_configs_run_their_small_variant(tmp_path, name, points):
   config = _module(name).get_config("small")
-  assert runner.run(config, runner.Options(str(tmp_path))) == 0
+  assert runner.run_sweep(config, runner.Options(str(tmp_path))) == 0
   done = [d for d in os.listdir(tmp_path) if os.path.isfile(tmp_path / d / "history.json")]
   assert len(done) == points
   assert (tmp_path / "summary.md").read_text().count("\n| ") >= 2

@@ -140,6 +140,6 @@ def test_a_sweep_plans_once_per_shared_config_before_anything_runs(mesh1, monkey
   config = tiny_config(microbatch_size="auto", memory_budget="2GiB")
   config.sweep.product = ml_collections.ConfigDict(
       dict(learning_rate=(0.1, 0.2, 0.4)))
-  planned = runner.plan(config, mesh1)
-  assert len(planned) == 3 and len(calls) == 1  # one plan, shared by the learning rates
-  assert all(isinstance(p.resolved.config.microbatch_size, int) for p in planned)
+  points = runner.resolve_points(config, mesh1)
+  assert len(points) == 3 and len(calls) == 1  # one plan, shared by the learning rates
+  assert all(isinstance(p.resolved.config.microbatch_size, int) for p in points)

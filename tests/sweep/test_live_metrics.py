@@ -54,7 +54,7 @@ def test_a_sweeps_events_equal_its_files_and_list_its_hparams(tmp_path):
   config = tiny_config(num_epochs=2, **{"data.synthetic_n_train": 96})
   config.sweep.points = ({"batch_size": 32}, {"batch_size": 16, "noise_scale": True})
   workdir = tmp_path / "runs"
-  assert runner.run(config, runner.Options(str(workdir))) == 0
+  assert runner.run_sweep(config, runner.Options(str(workdir))) == 0
   ids = sorted(p.name for p in workdir.iterdir() if (p / "history.json").exists())
   assert sorted(os.listdir(workdir / "tensorboard")) == ids and len(ids) == 2
   for point in ids:
