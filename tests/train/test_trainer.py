@@ -11,6 +11,7 @@ from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.results import diagnostics
 from sgdlab import trainer
+from sgdlab.train import records
 from sgdlab.errors import ConfigError
 from sgdlab.results.history import History
 
@@ -65,6 +66,18 @@ def test_divergence_stops_the_run_cleanly(mesh1):
   # The history survives JSON (NaN/Inf as null) and comes back with NaN.
   back = History.from_json(h.to_json())
   assert back.diverged == h.diverged and math.isnan(back.steps["loss"][-1])
+
+
+def test_a_run_that_diverges_in_its_first_epoch_has_its_columns_empty(mesh1):
+  config = tiny_config(learning_rate=1e8, lr_decay=0.0, num_epochs=2, noise_scale=True)
+  h = trainer.train(config, mesh=mesh1)
+  assert h.diverged.endswith("(epoch 1)") and h.num_epochs == 0
+  assert h.epochs["train_loss"] == [] and h.epochs["noise_scale"] == []
+  header = h.epochs_csv().splitlines()
+  assert header == [",".join(records.epoch_columns(config, ("train", "test")))]
+  # The same columns as a run that records its rows.
+  fine = trainer.train(tiny_config(num_epochs=1, noise_scale=True), mesh=mesh1)
+  assert list(fine.epochs) == list(h.epochs) and fine.num_epochs == 1
 
 
 def test_k_must_be_a_multiple_of_the_device_count(mesh8):
