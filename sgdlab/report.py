@@ -2,7 +2,7 @@ r"""Rebuild a sweep's summary from its results folder, while it runs or after.
 
   python -m sgdlab.report --workdir=runs/grid
 
-Reads every point folder (sgdlab.sweep.store) and rewrites summary.md (the table,
+Reads every point folder (sgdlab.results.files) and rewrites summary.md (the table,
 failed and unfinished points beneath it), overlay.png and sweep.png, then prints the
 table. Needs no config and compiles nothing; a workdir without any point is a usage
 error (exit 2).
@@ -16,7 +16,7 @@ from absl import flags
 
 from sgdlab import cli
 from sgdlab.results import summary
-from sgdlab.sweep import store
+from sgdlab.results import files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Results folder written by sgdlab.launch.")
 _TITLE = flags.DEFINE_string("title", "", "Figure title; default the workdir's name.")
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     cli.fail("--workdir is required, e.g. --workdir=runs/grid")
   if not os.path.isdir(workdir):
     cli.fail(f"--workdir={workdir} is invalid: not a folder")
-  if not store.point_dirs(workdir):
+  if not files.point_dirs(workdir):
     cli.fail(f"--workdir={workdir} is invalid: it holds no point folders (no */config.json)")
   if not os.access(workdir, os.W_OK):
     cli.fail(f"--workdir={workdir} is invalid: not writable")

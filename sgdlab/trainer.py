@@ -1,12 +1,15 @@
-"""Training from a config: decide the "auto" fields and load the data once, build the
-Run, drive the loop.
+"""Training from a config: decide the "auto" fields and load the data once, build the Run,
+drive the loop, write the results.
 
 `train` is one run, `train_population` many runs that differ only in learning_rate,
-lr_decay and seed trained as one vmapped program; both end in `sgdlab.train.loop`.
+lr_decay and seed trained as one vmapped program. Both, and the sweep runner, decide
+"auto" fields in `decide_auto`, load data in `load_data` and train through `fit`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Sequence
 
 import ml_collections
@@ -15,53 +18,79 @@ from jax.sharding import Mesh
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.config import Resolved
+from sgdlab.errors import UsageError, unwritable
 from sgdlab.memory import auto
 from sgdlab.results import tensorboard
 from sgdlab.results.history import History
+from sgdlab.results.writer import Writer
 from sgdlab.train import loop, run as run_lib, step
 
-
-def prepare(config: ml_collections.ConfigDict | Resolved, mesh: Mesh,
-            dataset: data.Dataset | None = None) -> tuple[Resolved, data.Dataset]:
-  """Resolve (unless done already), decide the "auto" fields (k, then the fixed-k plan),
-  load the data."""
-  if isinstance(config, Resolved):
-    resolved = config
-  else:
-    resolved = config_lib.resolve(config, n_devices=mesh.size,
-                                  spec=None if dataset is None else dataset.spec())
-  resolved = auto.resolve_plan(auto.resolve_batch_size(resolved, mesh), mesh)
-  if dataset is None and resolved.config.data.pipeline == "device":  # grain streams it
-    dataset = data.load(resolved.config.data)
-  return resolved, dataset
+Config = ml_collections.ConfigDict | Resolved
 
 
-def train(config: ml_collections.ConfigDict | Resolved, *, dataset: data.Dataset | None = None,
-          mesh: Mesh | None = None, checkpoint_dir: str | None = None,
-          log_dir: str | None = None) -> History:
-  """Train one run to the end (or to divergence) and return its History.
+def decide_auto(resolved: Sequence[Resolved], mesh: Mesh) -> list[Resolved]:
+  """Each Resolved with its "auto" fields (k, the fixed-k plan) decided by compiling; the
+  search runs once for the runs that share every field but lr, decay and seed."""
+  decided, out = {}, []
+  for r in resolved:
+    if r.auto_batch_size or r.auto_plan:
+      key = json.dumps(config_lib.shared_fields(r.config), sort_keys=True, default=str)
+      if key not in decided:
+        decided[key] = auto.decided_fields(
+            auto.resolve_plan(auto.resolve_batch_size(r, mesh), mesh))
+      r = r.with_fields(**decided[key])
+    out.append(r)
+  return out
 
-  With `checkpoint_dir` and `config.checkpoint_every_epochs` > 0 the run checkpoints
-  every N epochs and after the last, and first continues from the newest readable
-  checkpoint there: the result is bitwise the one of an uninterrupted run. With
-  `log_dir`, its TensorBoard events go there as it trains (`sgdlab.results.tensorboard`).
-  """
-  mesh = step.make_mesh() if mesh is None else mesh
-  resolved, dataset = prepare(config, mesh, dataset)
-  run = run_lib.create_run(resolved, dataset, mesh)
-  return _run_loop(run, checkpoint_dir, [log_dir] if log_dir else None)[0]
+
+def load_data(resolved: Resolved, dataset: data.Dataset | None = None) -> data.Dataset | None:
+  """The one place a run's data is loaded: `dataset` if given, None when the grain
+  pipeline streams it, else `config.data` loaded."""
+  if dataset is not None or resolved.config.data.pipeline != "device":
+    return dataset
+  return data.load(resolved.config.data)
 
 
-def _run_loop(run: run_lib.Run, checkpoint_dir: str | None,
-              log_dirs: list[str] | None) -> list[History]:
-  with tensorboard.Events(log_dirs, steps_per_epoch=run.program.steps_per_epoch) as events:
-    histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir,
-                              on_epoch=events if log_dirs else None)
-    events.finish(histories)
+def fit(run: run_lib.Run, writer: Writer | None = None, *,
+        checkpoint_dir: str | None = None) -> list[History]:
+  """The loop over `run`, with `writer` as its live results and finisher."""
+  if writer is None:
+    return loop.run_loop(run, checkpoint_dir=checkpoint_dir)
+  with writer.open(run.program.steps_per_epoch):
+    histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir, on_epoch=writer)
+    writer.finish(histories)
   return histories
 
 
-def train_population(configs: Sequence[ml_collections.ConfigDict | Resolved], *,
+def _resolve(configs: Sequence[Config], mesh: Mesh,
+             dataset: data.Dataset | None) -> list[Resolved]:
+  spec = None if dataset is None else dataset.spec()
+  return [c if isinstance(c, Resolved) else
+          config_lib.resolve(c, n_devices=mesh.size, spec=spec) for c in configs]
+
+
+def _writer(members: Sequence[Resolved], workdir: str | None,
+            log_dir: str | None) -> Writer | None:
+  """Folders: workdir itself for one run, workdir/<i>_<name> per member of a population."""
+  if workdir is None and log_dir is None:
+    return None
+  names = [m.name for m in members]
+  many = len(members) > 1
+  dirs = ((tensorboard.member_dirs(workdir, names) if many else [workdir]) if workdir
+          else [])
+  logs = (tensorboard.member_dirs(log_dir, names) if many else [log_dir]) if log_dir else None
+  writer = Writer(dirs, log_dirs=logs)
+  writer.start([config_lib.to_dict(m.config) for m in members])
+  return writer
+
+
+def _check_workdir(workdir: str | None) -> None:
+  why = workdir and unwritable(workdir)
+  if why:
+    raise UsageError("workdir", workdir, f"a writable folder ({why})")
+
+
+def train_population(configs: Sequence[Config], *, workdir: str | None = None,
                      dataset: data.Dataset | None = None, mesh: Mesh | None = None,
                      checkpoint_dir: str | None = None,
                      log_dir: str | None = None) -> list[History]:
@@ -70,25 +99,42 @@ def train_population(configs: Sequence[ml_collections.ConfigDict | Resolved], *,
   Each History has the fields, diagnostics and divergence record that `train(config)`
   would give, equal to it up to float summation order; each member keeps its own
   seed's batch order; a diverged member freezes while the others go on. A single
-  config is trained by `train` itself: vmap over one member only adds cost. With
-  `log_dir`, member i's TensorBoard events go to log_dir/<i>_<its name>.
+  config is trained alone: vmap over one member only adds cost. With `workdir`, member
+  i's folder (`sgdlab.results.writer`) is workdir/<i>_<its name>, its checkpoints go
+  to workdir/checkpoints (unless `checkpoint_dir` says otherwise) and it resumes from
+  them; with `log_dir`, its TensorBoard events go to log_dir/<i>_<its name>.
 
   Raises:
     ConfigError: a config is invalid, or the members differ in a field other than
-      learning_rate, lr_decay and seed.
+      learning_rate, lr_decay and seed; UsageError: workdir is not writable.
   """
-  configs = list(configs)
   mesh = step.make_mesh() if mesh is None else mesh
-  if len(configs) <= 1:
-    return [train(c, dataset=dataset, mesh=mesh, checkpoint_dir=checkpoint_dir,
-                  log_dir=log_dir) for c in configs]
-  resolved = [c if isinstance(c, Resolved) else config_lib.resolve(
-      c, n_devices=mesh.size, spec=None if dataset is None else dataset.spec()) for c in configs]
-  config_lib.check_members([r.config for r in resolved])
-  # The "auto" fields are decided once: members differ only in numbers the step reads.
-  first, dataset = prepare(resolved[0], mesh, dataset)
-  decided = auto.decided_fields(first)
-  members = [first] + [r.with_fields(**decided) for r in resolved[1:]]
-  run = run_lib.create_run(members, dataset, mesh)
-  logs = tensorboard.member_dirs(log_dir, [m.name for m in members]) if log_dir else None
-  return _run_loop(run, checkpoint_dir, logs)
+  members = _resolve(list(configs), mesh, dataset)
+  if not members:
+    return []
+  if len(members) > 1:
+    config_lib.check_members([m.config for m in members])
+  _check_workdir(workdir)
+  members = decide_auto(members, mesh)
+  if workdir and checkpoint_dir is None:
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+  run = run_lib.create_run(members if len(members) > 1 else members[0],
+                           load_data(members[0], dataset), mesh)
+  return fit(run, _writer(members, workdir, log_dir), checkpoint_dir=checkpoint_dir)
+
+
+def train(config: Config, *, workdir: str | None = None, dataset: data.Dataset | None = None,
+          mesh: Mesh | None = None, checkpoint_dir: str | None = None,
+          log_dir: str | None = None) -> History:
+  """Train one run to the end (or to divergence) and return its History.
+
+  With `workdir`, the run's folder is written there as it trains (config.json,
+  status.json, epochs.csv, then history.json, params.npz, curves.png). With a
+  checkpoint folder (`checkpoint_dir`, or workdir/checkpoints) and
+  `config.checkpoint_every_epochs` > 0 the run checkpoints every N epochs and after
+  the last, and first continues from the newest readable checkpoint there: the result
+  is bitwise the one of an uninterrupted run. With `log_dir`, its TensorBoard events go
+  there as it trains (`sgdlab.results.tensorboard`).
+  """
+  return train_population([config], workdir=workdir, dataset=dataset, mesh=mesh,
+                          checkpoint_dir=checkpoint_dir, log_dir=log_dir)[0]

@@ -54,8 +54,7 @@ def check_writable(workdir: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, options: FitOptions) -> str:
   """Validate everything, search, then write fit.json and fit.png; returns the text."""
-  from sgdlab.results import figures  # pylint: disable=g-import-not-at-top
-  from sgdlab.sweep import store  # pylint: disable=g-import-not-at-top
+  from sgdlab.results import figures, files  # pylint: disable=g-import-not-at-top
   from sgdlab.train import step  # pylint: disable=g-import-not-at-top
   budget_text = config.memory_budget if options.memory_budget is None else options.memory_budget
   headroom = config.memory_headroom if options.headroom is None else options.headroom
@@ -118,7 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, options: FitOptions) ->
                             usable=budget.usable, source=budget.source),
                 text=text, written=time.strftime("%Y-%m-%d %H:%M:%S"))
   os.makedirs(workdir, exist_ok=True)
-  store.write_json(os.path.join(workdir, "fit.json"), result)
+  files.write_json(os.path.join(workdir, "fit.json"), result)
   if reports:
     figures.bytes_vs_k_figure(reports, os.path.join(workdir, "fit.png"))
   if planned:

@@ -3,7 +3,7 @@
 `rebuild(workdir)` reads every point folder of a results folder and rewrites the
 summary; the launcher calls it when a worker finishes and `python -m sgdlab.report`
 calls it on demand. It runs under a lock and writes atomically, so workers finishing
-together leave the summary of the most complete store, never a torn file.
+together leave the summary of the most complete set of folders, never a torn file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from sgdlab.config import fields
+from sgdlab.results import files
 from sgdlab.results.history import History
 
 _COLUMNS = (("run", "run"), ("k", "batch_size"), ("lr", "learning_rate"), ("decay", "lr_decay"),
@@ -93,9 +94,8 @@ def write(workdir: str, histories: Sequence[History], failed: Sequence[tuple[str
           title: str = "", unfinished: Sequence[tuple[str, str]] = ()) -> str:
   """summary.md and overlay.png in the workdir; returns the table."""
   from sgdlab.results import figures
-  from sgdlab.sweep import store
   text = table(histories, failed, unfinished)
-  store.write_atomic(os.path.join(workdir, "summary.md"),
+  files.write_atomic(os.path.join(workdir, "summary.md"),
                      (f"# {title}\n\n" if title else "") + text)
   if histories:
     figures.overlay_figure(histories, os.path.join(workdir, "overlay.png"), title=title)
@@ -103,7 +103,7 @@ def write(workdir: str, histories: Sequence[History], failed: Sequence[tuple[str
 
 
 @dataclasses.dataclass
-class Store:
+class FolderResults:
   """What a results folder holds: finished runs, failed points, unfinished points."""
 
   histories: list[History]
@@ -118,22 +118,21 @@ def _sort_key(h: History):
           float(c.get("lr_decay") or 0), c.get("seed") or 0, h.name)
 
 
-def read_store(workdir: str) -> Store:
+def read_results(workdir: str) -> FolderResults:
   """Every point folder of `workdir`, finished runs ordered by k, then lr (both falling)."""
   from sgdlab import config as config_lib
-  from sgdlab.sweep import store
   histories, failed, unfinished = [], [], []
-  for point_dir in store.point_dirs(workdir):
-    state = store.status(point_dir)
+  for point_dir in files.point_dirs(workdir):
+    state = files.status(point_dir)
     label = os.path.basename(point_dir)
     try:
-      label = config_lib.run_name(config_lib.from_dict(store.read_json(
+      label = config_lib.run_name(config_lib.from_dict(files.read_json(
           os.path.join(point_dir, "config.json"))))
     except Exception:  # an unreadable config still gets a line, under its folder name
       pass
-    if state["status"] in store.FINISHED:
+    if state["status"] in files.FINISHED:
       try:
-        histories.append(store.load_history(point_dir))
+        histories.append(files.load_history(point_dir))
       except (OSError, ValueError) as e:
         failed.append((label, f"unreadable history.json ({e})"))
     elif state["status"] == "failed":
@@ -143,16 +142,15 @@ def read_store(workdir: str) -> Store:
       unfinished.append((label, state["status"] + (f", epoch {epoch} written"
                                                    if epoch else "")))
   histories.sort(key=_sort_key)
-  return Store(histories, failed, unfinished)
+  return FolderResults(histories, failed, unfinished)
 
 
 def rebuild(workdir: str, title: str = "") -> str:
-  """Rewrite summary.md, overlay.png and sweep.png from the store; returns the table."""
+  """Rewrite summary.md, overlay.png and sweep.png from the point folders; returns the table."""
   from sgdlab.results import sweep_figures
-  from sgdlab.sweep import store
   title = title or os.path.basename(os.path.abspath(workdir))
-  with store.locked(workdir):
-    found = read_store(workdir)
+  with files.locked(workdir):
+    found = read_results(workdir)
     text = write(workdir, found.histories, found.failed, title=title,
                  unfinished=found.unfinished)
     if found.histories:

@@ -2,8 +2,8 @@
 
   expand.py    a config's sweep section -> points with stable ids
   groups.py    which points train together as one population
-  runner.py    resolve_points (validate everything, decide auto k), run_sweep, then train this worker's share
-  store.py     result folders, written atomically
+  runner.py    resolve_points (validate everything, decide auto k), then run_sweep: this
+               worker's share, each point's folder written by sgdlab.results.writer
   claims.py    claim files: no point runs twice at once
   workers.py   worker index and count (flags, SLURM arrays, Kubernetes indexed jobs)
   hosts.py     one run across several processes (jax.distributed)

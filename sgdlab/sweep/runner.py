@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import ml_collections
 from absl import logging
 
 from sgdlab import config as config_lib
-from sgdlab import data
+from sgdlab import data, trainer
 from sgdlab.errors import ConfigError, UsageError, unwritable
-from sgdlab.results import summary, tensorboard
-from sgdlab.results.history import History
-from sgdlab.sweep import claims, expand, groups, hosts, progress, store
+from sgdlab.results import files, summary
+from sgdlab.results.writer import Writer
+from sgdlab.sweep import claims, expand, groups, hosts, progress
 from sgdlab.sweep.workers import Worker
+from sgdlab.train import run as run_lib, step
 
 _POLL_SECONDS = 2.0
 SKIPPED, HELD, TRAINED = "skipped", "held", "trained"
@@ -82,24 +82,14 @@ def resolve_points(config: ml_collections.ConfigDict, mesh,
                    overrides: Mapping[str, str] | None = None) -> list[ResolvedPoint]:
   """Every point expanded, validated and resolved ("auto" fields decided), before anything
   else."""
-  from sgdlab.memory import auto  # pylint: disable=g-import-not-at-top
   check_overrides(config, overrides or {})
   points = expand.expand(config)
-  all_points, autos = [], {}
-  for point in points:
-    resolved = config_lib.resolve(point.config, n_devices=mesh.size)
-    if resolved.auto_batch_size or resolved.auto_plan:
-      # Decided once for all points that share every field but lr, decay and seed.
-      key = json.dumps(config_lib.shared_fields(resolved.config), sort_keys=True, default=str)
-      if key not in autos:
-        autos[key] = auto.decided_fields(
-            auto.resolve_plan(auto.resolve_batch_size(resolved, mesh), mesh))
-      resolved = resolved.with_fields(**autos[key])
-    all_points.append(ResolvedPoint(point, resolved))
+  resolved = trainer.decide_auto(
+      [config_lib.resolve(point.config, n_devices=mesh.size) for point in points], mesh)
   for group in groups.group(points):
     if len(group) > 1:
       config_lib.check_members([p.config for p in group])
-  return all_points
+  return [ResolvedPoint(point, r) for point, r in zip(points, resolved)]
 
 
 def check_workdir(workdir: str, all_points: Sequence[ResolvedPoint]) -> None:
@@ -109,11 +99,11 @@ def check_workdir(workdir: str, all_points: Sequence[ResolvedPoint]) -> None:
     if not os.path.exists(path):
       continue
     try:
-      stored = store.read_json(path)
+      stored = files.read_json(path)
     except (OSError, ValueError) as e:
       raise UsageError("--workdir", workdir, f"a results folder of this sweep; {path} is "
                        f"unreadable ({e})") from e
-    difference = store.config_difference(stored, config_lib.to_dict(p.point.config))
+    difference = files.config_difference(stored, config_lib.to_dict(p.point.config))
     if difference:
       raise UsageError("--workdir", workdir, f"it holds a different sweep: the folder of "
                        f"point {p.id} has another config ({difference}); use a new --workdir")
@@ -167,14 +157,20 @@ class Sweep:
 
   def run_group(self, group: Sequence[ResolvedPoint]) -> None:
     """Claim what it can of a group, and train those points as one run."""
-    taken = []
+    taken, decisions = [], []
     try:
       for p in group:
         decision, claim = self._claim(p)
+        decisions.append(decision)
         if decision == TRAINED:
           taken.append((p, claim))
       if taken:
-        self._train([p for p, _ in taken])
+        mine = [p for p, _ in taken]
+        # Points of the group finished before (a kill between two members' files): train
+        # the whole group again from its checkpoint, so the rest is bitwise what the
+        # uninterrupted population gives, and write only the points taken.
+        whole = len(mine) < len(group) and HELD not in decisions
+        self._train(list(group) if whole else mine, write={p.id for p in mine})
     finally:
       for _, claim in taken:
         if claim is not None:
@@ -185,16 +181,16 @@ class Sweep:
     point_dir = os.path.join(self.options.workdir, p.id)
     claim, decision = None, SKIPPED
     if self.writer:
-      state = store.status(point_dir)["status"]
-      if state not in store.FINISHED:
+      state = files.status(point_dir)["status"]
+      if state not in files.FINISHED:
         got = claims.claim(self.options.workdir, p.id, self.owner,
                            stale_after=self.options.stale_after)
         if isinstance(got, claims.Holder):
           decision = HELD
           logging.info("%s %s: held by %s; later", self.progress.prefix(p), p.id, got.describe())
-        elif store.status(point_dir)["status"] in store.FINISHED:  # finished meanwhile
+        elif files.status(point_dir)["status"] in files.FINISHED:  # finished meanwhile
           got.release()
-          state = store.status(point_dir)["status"]
+          state = files.status(point_dir)["status"]
         else:
           claim, decision = got, TRAINED
       if decision == SKIPPED:
@@ -206,77 +202,63 @@ class Sweep:
       self.held.append(p)
     return decision, claim
 
-  def _data(self, cfg: ml_collections.ConfigDict) -> data.Dataset:
-    key = repr(cfg.to_dict())
+  def _data(self, resolved: config_lib.Resolved) -> data.Dataset | None:
+    key = repr(resolved.config.data.to_dict())
     if self._dataset is None or self._dataset[0] != key:
-      self._dataset = (key, data.load(cfg))  # keep one dataset in memory
+      self._dataset = None  # keep one dataset in memory
+      self._dataset = (key, trainer.load_data(resolved))
     return self._dataset[1]
 
-  @staticmethod
-  def _live(dirs: Sequence[str], who: dict[str, Any],
-            events: tensorboard.Events) -> Callable[[int, History], None]:
-    """Each new epoch row on disk at once: epochs.csv, the status's latest epoch and the
-    TensorBoard events (`sgdlab.results.tensorboard`).
-
-    The whole file is replaced (atomically) rather than appended to: a reader never sees
-    a half-written row, and after a resume the rows past the checkpoint are gone.
-    """
-    def write(member: int, history: History) -> None:
-      store.write_atomic(os.path.join(dirs[member], "epochs.csv"), history.epochs_csv())
-      store.set_status(dirs[member], "running", epoch=history.num_epochs, **who)
-      events(member, history)
-    return write
-
-  def _train(self, group: Sequence[ResolvedPoint]) -> None:
-    """Train one point, or a population, and write each member's folder."""
-    from sgdlab.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
+  def _writer(self, group: Sequence[ResolvedPoint], write: set[str]) -> Writer:
+    """The group's folders; those of points it trains again only to resume are left as
+    they are (their files are complete)."""
     who = dict(worker=str(self.options.worker), host=self.owner.host, pid=self.owner.pid)
-    dirs = [os.path.join(self.options.workdir, p.id) for p in group]
-    checkpoint_dir = os.path.join(dirs[0], "checkpoints")
+    chosen = [p for p in group if p.id in write]
+    dirs = [os.path.join(self.options.workdir, p.id) for p in chosen]
+    logs = ([os.path.join(self.options.log_root, p.id) for p in chosen]
+            if self.options.log_root else None)
+    writer = Writer(dirs, log_dirs=logs, status=who, enabled=self.writer,
+                    members=[i for i, p in enumerate(group) if p.id in write])
+    writer.start([config_lib.to_dict(p.resolved.config) for p in chosen])
+    return writer
+
+  def _checkpoint_dir(self, group: Sequence[ResolvedPoint]) -> str:
+    first = os.path.join(self.options.workdir, group[0].id, "checkpoints")
+    if len(group) == 1:
+      return first
+    digest = hashlib.sha1(" ".join(p.id for p in group).encode()).hexdigest()[:10]
+    return os.path.join(first, f"population-{digest}")
+
+  def _train(self, group: Sequence[ResolvedPoint], write: set[str]) -> None:
+    """Train one point, or a population, and write the folders of the points in `write`."""
     if len(group) > 1:
-      digest = hashlib.sha1(" ".join(p.id for p in group).encode()).hexdigest()[:10]
-      checkpoint_dir = os.path.join(checkpoint_dir, f"population-{digest}")
       logging.info("points %s: training as one population", ", ".join(p.id for p in group))
     else:
       logging.info("%s %s: training %s", self.progress.prefix(group[0]), group[0].id,
                    group[0].resolved.name)
     start = time.perf_counter()
-    if self.writer:
-      for p, point_dir in zip(group, dirs):
-        os.makedirs(point_dir, exist_ok=True)
-        store.write_json(os.path.join(point_dir, "config.json"),
-                         config_lib.to_dict(p.point.config))
-        store.set_status(point_dir, "running", **who)
+    writer = self._writer(group, write)
     try:
-      data_cfg = group[0].resolved.config.data
-      dataset = self._data(data_cfg) if data_cfg.pipeline == "device" else None  # grain streams
-      run = run_lib.create_run([p.resolved for p in group], dataset, self.mesh)
-      logs = ([os.path.join(self.options.log_root, p.id) for p in group]
-              if self.writer and self.options.log_root else None)
-      with tensorboard.Events(logs, steps_per_epoch=run.program.steps_per_epoch) as events:
-        histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir,
-                                  on_epoch=self._live(dirs, who, events) if self.writer else None)
-        events.finish(histories)
-      outcomes = []
-      for point_dir, history in zip(dirs, histories):
-        if self.writer:
-          store.save_run(point_dir, history, **who)
-        outcomes.append("diverged" if history.diverged else "done")
+      members = [p.resolved for p in group]
+      run = run_lib.create_run(members if len(group) > 1 else members[0],
+                               self._data(members[0]), self.mesh)
+      histories = trainer.fit(run, writer, checkpoint_dir=self._checkpoint_dir(group))
+      outcomes = ["diverged" if h.diverged else "done" for h in histories]
       if self.writer and not self.options.keep_checkpoints:
-        shutil.rmtree(os.path.join(dirs[0], "checkpoints"), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.options.workdir, group[0].id, "checkpoints"),
+                      ignore_errors=True)
     except Exception as e:  # a crashing point must not end the sweep
       logging.exception("%s failed", [p.id for p in group])
       error = f"{type(e).__name__}: {e}"
       outcomes = ["failed"] * len(group)
-      for p, point_dir in zip(group, dirs):
-        if self.writer:
-          store.set_status(point_dir, "failed", error=error, **who)
-        self.failed.append((p.id, error))
+      writer.fail(error)
+      self.failed.extend((p.id, error) for p in group if p.id in write)
     seconds = (time.perf_counter() - start) / len(group)
     for p, outcome in zip(group, outcomes):
-      logging.info("%s %s: %s in %s%s; %s", self.progress.prefix(p), p.id, outcome,
-                   progress.duration(seconds), f" (population of {len(group)})"
-                   if len(group) > 1 else "", self.progress.settled(seconds))
+      if p.id in write:
+        logging.info("%s %s: %s in %s%s; %s", self.progress.prefix(p), p.id, outcome,
+                     progress.duration(seconds), f" (population of {len(group)})"
+                     if len(group) > 1 else "", self.progress.settled(seconds))
 
   def wait_for_held(self) -> None:
     """Until every held point is settled, or its holder dies and this worker takes over."""
@@ -288,7 +270,7 @@ class Sweep:
         if holder is not None and not claims.is_stale(holder, self.options.stale_after):
           self.held.append(p)
           continue
-        state = store.status(os.path.join(self.options.workdir, p.id))["status"]
+        state = files.status(os.path.join(self.options.workdir, p.id))["status"]
         if holder is None and state in ("done", "diverged", "failed"):
           logging.info("%s %s: %s by another worker (%s)", self.progress.prefix(p), p.id,
                        state, self.progress.settled())
@@ -305,7 +287,6 @@ class Sweep:
 def run_sweep(config: ml_collections.ConfigDict, options: Options, *,
         overrides: Mapping[str, str] | None = None) -> int:
   """Plan, run this worker's points not already finished, summarize; returns failures."""
-  from sgdlab.train import step  # pylint: disable=g-import-not-at-top
   mesh = step.make_mesh()
   all_points = resolve_points(config, mesh, overrides)
   mine = expand.share(all_points, options.worker.index, options.worker.count)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from sgdlab.sweep import store
+from sgdlab.results import files
 from sgdlab import trainer
 from sgdlab.train import step
 
@@ -69,12 +69,12 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, pipeline):
   exec(text, namespace)  # noqa: S102 - the test's own config text
   one = trainer.train(namespace["get_config"](), mesh=step.make_mesh(jax.devices()[:2]))
   (point,) = [os.path.dirname(p) for p in glob.glob(str(workdir / "*" / "config.json"))]
-  two = store.load_history(point)
-  assert store.status(point)["status"] == "done"
+  two = files.load_history(point)
+  assert files.status(point)["status"] == "done"
   np.testing.assert_allclose(two.steps["loss"], one.steps["loss"], rtol=1e-5)
   for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
     np.testing.assert_allclose(two.epochs[key], one.epochs[key], rtol=1e-5, atol=1e-6)
-  params = store.load_params(point)
+  params = files.load_params(point)
   for path, leaf in jax.tree_util.tree_flatten_with_path(one.state.params)[0]:
     key = "/".join(str(k.key) for k in path)
     np.testing.assert_allclose(params[key], np.asarray(leaf), rtol=1e-4, atol=1e-6)

@@ -21,7 +21,8 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from conftest import subprocess_env, tiny_config
 from sgdlab import config as config_lib, data
 from sgdlab.results import tensorboard
-from sgdlab.sweep import progress, runner, store, workers
+from sgdlab.results import files
+from sgdlab.sweep import progress, runner, workers
 from sgdlab import trainer
 from sgdlab.train import loop, run as run_lib
 
@@ -58,7 +59,7 @@ def test_a_sweeps_events_equal_its_files_and_list_its_hparams(tmp_path):
   ids = sorted(p.name for p in workdir.iterdir() if (p / "history.json").exists())
   assert sorted(os.listdir(workdir / "tensorboard")) == ids and len(ids) == 2
   for point in ids:
-    history = store.load_history(str(workdir / point))
+    history = files.load_history(str(workdir / point))
     acc = read_events(workdir / "tensorboard" / point)
     k = history.config["batch_size"]
     steps_per_epoch = -(-96 // k)
@@ -275,7 +276,7 @@ def test_kill_9_then_rerun_leaves_each_step_once_with_the_final_values(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from the checkpoint at epoch" in again.stderr
   (point,) = [p for p in os.listdir(workdir) if (workdir / p / "history.json").exists()]
-  history = store.load_history(str(workdir / point))
+  history = files.load_history(str(workdir / point))
   acc = read_events(workdir / "tensorboard" / point)
   loss = acc.Scalars("step/loss")
   assert [e.step for e in loss] == list(range(1, len(history.steps["loss"]) + 1))

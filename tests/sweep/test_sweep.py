@@ -16,10 +16,12 @@ from conftest import subprocess_env
 from sgdlab.data import idx as idx_files
 from sgdlab.errors import UsageError
 from sgdlab.results import summary
-from sgdlab.sweep import claims, store, workers
+from sgdlab.results import files
+from sgdlab.sweep import claims, workers
 from sgdlab.sweep import expand as sweep
 from sgdlab.config import default_config
 from sgdlab.results.history import History
+from sgdlab.results.writer import Writer
 
 # ---------------------------------------------------------------------------- shares
 
@@ -138,10 +140,10 @@ def test_claim_from_another_host_goes_stale_without_heartbeat(tmp_path):
 
 def test_config_difference_ignores_name_and_checkpointing_only():
   a = dict(learning_rate=1.0, name="x", checkpoint_every_epochs=0, model=dict(hidden=[8]))
-  assert store.config_difference(a, dict(a, name="y", checkpoint_every_epochs=2)) is None
-  assert "learning_rate" in store.config_difference(a, dict(a, learning_rate=0.5))
-  assert "model.hidden" in store.config_difference(a, dict(a, model=dict(hidden=(9,))))
-  assert store.config_difference(dict(a, batch_size=64), dict(a, batch_size="auto")) is None
+  assert files.config_difference(a, dict(a, name="y", checkpoint_every_epochs=2)) is None
+  assert "learning_rate" in files.config_difference(a, dict(a, learning_rate=0.5))
+  assert "model.hidden" in files.config_difference(a, dict(a, model=dict(hidden=(9,))))
+  assert files.config_difference(dict(a, batch_size=64), dict(a, batch_size="auto")) is None
 
 
 # ---------------------------------------------------------------------------- summary
@@ -158,18 +160,20 @@ def fake_history(k, lr, accs, diverged=""):
   return h
 
 
-def test_summary_is_rebuilt_from_the_store(tmp_path):
+def test_summary_is_rebuilt_from_the_point_folders(tmp_path):
   workdir = str(tmp_path)
   runs = [fake_history(32, 1.0, [0.5, 0.6]), fake_history(256, 1.0, [0.3, 0.4]),
           fake_history(32, 0.1, [0.7, 0.8]), fake_history(256, 0.1, [0.1], diverged="d")]
   for i, h in enumerate(runs):
-    store.save_run(os.path.join(workdir, f"p{i}"), h, plot=False)
+    writer = Writer([os.path.join(workdir, f"p{i}")], plot=False)
+    writer.start([h.config])
+    writer.finish([h])
   os.makedirs(os.path.join(workdir, "p9"))
-  store.write_json(os.path.join(workdir, "p9", "config.json"), default_config().to_dict())
-  store.set_status(os.path.join(workdir, "p9"), "failed", error="ValueError: boom")
+  files.write_json(os.path.join(workdir, "p9", "config.json"), default_config().to_dict())
+  files.set_status(os.path.join(workdir, "p9"), "failed", error="ValueError: boom")
   os.makedirs(os.path.join(workdir, "p8"))
-  store.write_json(os.path.join(workdir, "p8", "config.json"), default_config().to_dict())
-  found = summary.read_store(workdir)
+  files.write_json(os.path.join(workdir, "p8", "config.json"), default_config().to_dict())
+  found = summary.read_results(workdir)
   assert [h.name for h in found.histories] == ["k=256 lr=1", "k=256 lr=0.1", "k=32 lr=1",
                                                "k=32 lr=0.1"]
   r = subprocess.run([sys.executable, "-m", "sgdlab.report", f"--workdir={workdir}"],
@@ -320,7 +324,7 @@ def test_a_workdir_of_another_sweep_exits_2_and_is_left_alone(tmp_path):
   points = sweep.expand(launch_config(tmp_path))
   stored = dict(points[0].config.to_dict(), learning_rate=0.123)
   os.makedirs(workdir / points[0].id)
-  store.write_json(workdir / points[0].id / "config.json", stored)
+  files.write_json(workdir / points[0].id / "config.json", stored)
   before = sorted(os.listdir(workdir)), (workdir / points[0].id / "config.json").read_text()
   proc = _start(tmp_path, workdir)
   _, err = proc.communicate(timeout=120)

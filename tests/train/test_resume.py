@@ -19,7 +19,7 @@ import conftest
 from conftest import subprocess_env
 from sgdlab import config as config_lib, data
 from sgdlab.results import summary
-from sgdlab.sweep import store
+from sgdlab.results import files
 from sgdlab import trainer
 from sgdlab.train import loop, run as run_lib
 
@@ -174,8 +174,8 @@ def _run_killed(tmp_path, workdir, kill_when, after_kill=lambda: None, text=KILL
   assert proc.poll() is None, "the run ended before it could be killed: make it longer"
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  for point in store.point_dirs(str(workdir)):  # none if killed before training
-    assert store.status(point)["status"] == "running"
+  for point in files.point_dirs(str(workdir)):  # none if killed before training
+    assert files.status(point)["status"] == "running"
   after_kill()
   again = subprocess.run(cmd, env=subprocess_env(1), capture_output=True, text=True,
                          timeout=300)
@@ -185,18 +185,18 @@ def _run_killed(tmp_path, workdir, kill_when, after_kill=lambda: None, text=KILL
 
 
 def _assert_point_equals(point, reference):
-  params = store.load_params(point)
+  params = files.load_params(point)
   flat = {"/".join(str(k.key) for k in path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(reference.state.params)[0]}
   assert params.keys() == flat.keys()
   for key in flat:
     np.testing.assert_array_equal(params[key], flat[key], err_msg=key)
-  history = store.load_history(point)
+  history = files.load_history(point)
   assert history.steps == reference.steps
   for key in reference.epochs:
     if key not in TIMING_KEYS:
       assert history.epochs[key] == reference.epochs[key], key
-  assert store.status(point)["status"] == "done"
+  assert files.status(point)["status"] == "done"
 
 
 def _rows(workdir):
@@ -215,7 +215,7 @@ def test_kill_9_after_two_epochs_leaves_their_rows_then_rerun_is_bitwise_equal(t
 
   def after_kill():
     seen.extend(_rows(workdir))
-    listed.extend(summary.read_store(str(workdir)).unfinished)  # what sgdlab.report shows
+    listed.extend(summary.read_results(str(workdir)).unfinished)  # what sgdlab.report shows
 
   point, log = _run_killed(tmp_path, workdir, lambda: len(_rows(workdir)) >= 2, after_kill)
   assert "resumed from the checkpoint at epoch" in log

@@ -1,4 +1,4 @@
-"""The results folder: one folder per point, every file written atomically.
+"""The results folder's files, each written atomically; `sgdlab.results.writer` writes them.
 
 <workdir>/
   <point id>/
@@ -71,21 +71,6 @@ def status(point_dir: str) -> dict[str, Any]:
     return read_json(os.path.join(point_dir, "status.json"))
   except (OSError, ValueError):
     return dict(status="missing")
-
-
-def save_run(point_dir: str, history: History, *, plot: bool = True,
-             **status_extra: Any) -> None:
-  """Write a finished run's files; status last, so "done" means everything is there."""
-  os.makedirs(point_dir, exist_ok=True)
-  write_json(os.path.join(point_dir, "config.json"), history.config)
-  write_atomic(os.path.join(point_dir, "history.json"), history.to_json())
-  write_atomic(os.path.join(point_dir, "epochs.csv"), history.epochs_csv())
-  if history.state is not None:
-    save_params(point_dir, history.state.params)
-  if plot:
-    history.plot(os.path.join(point_dir, "curves.png"))
-  set_status(point_dir, "diverged" if history.diverged else "done",
-             diverged=history.diverged, **status_extra)
 
 
 def load_history(point_dir: str) -> History:
