@@ -22,7 +22,8 @@ from absl import app, flags
 
 from sgdlab import config as config_lib
 from sgdlab.memory import budget as budget_lib
-from sgdlab.memory import search, trials, units
+from sgdlab import units
+from sgdlab.memory import search, trials
 from sgdlab.train import step
 
 _BUDGET = flags.DEFINE_string("memory_budget", "1536MiB", "Per-process budget beyond start-up.")

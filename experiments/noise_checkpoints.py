@@ -50,7 +50,7 @@ from absl import app, flags, logging
 from sgdlab import config as config_lib
 from sgdlab import data, models, noise
 from sgdlab import trainer
-from sgdlab.train import program as program_lib, run as run_lib
+from sgdlab.train import fixed_params, program as program_lib, run as run_lib
 
 WINDOW = 3  # causal noise.windowed_curve: the last 3 per-step estimates (module docstring)
 HALF_WIDTH = 2  # post-hoc two-sided version: 2 estimates either side
@@ -111,7 +111,7 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh, k:
     ex = noise.exact(loss_fn, state.params, unit.x_train, unit.y_train)
     t_exact = time.perf_counter() - t0
     t0 = time.perf_counter()
-    on = noise.online_at_fixed_params(program.train_step, mesh, state, unit.x_train,
+    on = fixed_params.online_at_fixed_params(program.train_step, mesh, state, unit.x_train,
                                       dataset.y_train, batch_size=k,
                                       num_batches=s.noise_fixed_batches, seed=e,
                                       n_population=n)

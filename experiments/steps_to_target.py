@@ -167,7 +167,7 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
   if not isinstance(s.noise_probe_batches, int) or s.noise_probe_batches < 0:
     raise ConfigError("steps_to_target.noise_probe_batches", s.noise_probe_batches,
                       "an integer >= 0 (0: no probe)")
-  split = step.noise_groups_for(config.noise_groups, 1, False)  # the noise run: one device
+  split = config_lib.noise_groups_for(config.noise_groups, 1, False)  # the noise run: one device
   if s.noise_batch_size < 0 or s.noise_batch_size % split:
     raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
                       f"a multiple of {split} (one device splits the batch into "

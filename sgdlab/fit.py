@@ -22,7 +22,8 @@ import os
 from absl import flags
 
 from sgdlab import cli
-from sgdlab.memory import report, trials
+from sgdlab.memory import trials
+from sgdlab.studies import fit as fit_study_lib
 
 cli.define_config_flags()
 _BUDGET = flags.DEFINE_string("memory_budget", None,
@@ -46,11 +47,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   config, workdir = cli.config(), cli.workdir()
-  options = report.FitOptions(
+  options = fit_study_lib.FitOptions(
       memory_budget=_BUDGET.value, headroom=_HEADROOM.value, method=_METHOD.value,
       image_sizes=_SIZES.value, target=_TARGET.value, exact=_EXACT.value,
       trial_start=_TRIAL_START.value, trial_steps=_TRIAL_STEPS.value)
-  print(cli.call(lambda: report.run(config, workdir, options)))
+  print(cli.call(lambda: fit_study_lib.fit_study(config, workdir, options)))
   print(f"\nwritten: {os.path.join(workdir, 'fit.json')}")
 
 

@@ -19,7 +19,7 @@ Three ways to get at it, from cheap to exact:
   `windowed_curve` (sgdlab.noise_window) replaces the EMA's ~20-step lag with
   exponential trends fitted over a few steps and read at the current one.
 * The same estimate at FIXED parameters, averaged over many batches: the train step
-  is run and its update thrown away (`online_at_fixed_params`). The trainer does this
+  is run and its update thrown away (`sgdlab.train.fixed_params.online_at_fixed_params`). The trainer does this
   itself at each epoch's end with config.noise_probe_batches > 0 (the noise probe,
   `probe_stats` of Program.probe_fn's norms): where B_simple nears k one batch's
   |G|^2 estimate is mostly its noise tr(Sigma)/k, and no window over steps helps, since
@@ -47,10 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sgdlab.noise_window import trend_at, windowed_curve  # pylint: disable=unused-import
-from sgdlab.train import step as step_lib
 
 # (params, x, y) for ONE example (no batch axis) -> scalar loss.
 ExampleLoss = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -133,59 +131,15 @@ def ema_curve(grad_sq: Sequence[float], trace: Sequence[float], decay: float) ->
   return np.asarray(out)
 
 
-def online_at_fixed_params(train_step: Callable, mesh: Mesh, state: step_lib.TrainState,
-                           x: np.ndarray | jax.Array, y: np.ndarray | jax.Array, *,
-                           batch_size: int, num_batches: int, seed: int = 0,
-                           n_population: int | None = None) -> NoiseStats:
-  """The online estimate at the parameters of `state`, averaged over many batches.
-
-  `train_step` is the step built with noise_scale=True (Program.train_step); it is run
-  on `num_batches` full batches drawn epoch by epoch without replacement, and every
-  update is discarded, so all batches see the same parameters. One compiled scan:
-  no per-step dispatch (see sgdlab.train.step on multi-device loops on CPU).
-  """
-  n = int(x.shape[0])
-  if not 1 <= batch_size <= n:
-    raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the examples given)")
-  if num_batches < 1:
-    raise ValueError(f"num_batches {num_batches} must be >= 1")
-  replicated = NamedSharding(mesh, P())
-  x, y, state = jax.device_put((x, y, state), replicated)
-  key = jax.device_put(jax.random.PRNGKey(seed), replicated)
-  out = jax.device_get(_fixed_params_norms(train_step, mesh, batch_size, num_batches,
-                                           state, x, y, key))
-  return probe_stats(out, n_population=n_population)
-
-
 def probe_stats(norms: dict[str, np.ndarray], *, n_population: int | None = None
                 ) -> NoiseStats:
   """The mean of the per-batch estimates from the step's norms on batches at one set of
-  parameters (online_at_fixed_params, the trainer's noise probe), with standard errors."""
+  parameters (`sgdlab.train.fixed_params`, the trainer's noise probe), with standard errors."""
   grad_sq, trace = online_estimates(norms["g_small_sq"], norms["g_big_sq"], norms["b_small"],
                                     norms["b_big"], n_population=n_population)
   se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
   return NoiseStats(float(np.mean(grad_sq)), float(np.mean(trace)), len(grad_sq),
                     se(grad_sq), se(trace))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _fixed_params_norms(train_step, mesh, batch_size, num_batches, state, x, y, key):
-  n = x.shape[0]
-  per_epoch = n // batch_size
-  epochs = -(-num_batches // per_epoch)
-
-  def order(e):
-    order = jax.random.permutation(jax.random.fold_in(key, e), n)
-    return order[:per_epoch * batch_size].reshape(per_epoch, batch_size)
-
-  idx = jax.vmap(order)(jnp.arange(epochs)).reshape(-1, batch_size)[:num_batches]
-  batch_sharding = NamedSharding(mesh, P(step_lib.DATA))
-
-  def batch_of(i):
-    batch = dict(x=x[i], y=y[i], mask=jnp.ones((batch_size,), jnp.float32))
-    return jax.lax.with_sharding_constraint(batch, batch_sharding)
-
-  return step_lib.norms_at_fixed_state(train_step, state, batch_of, idx)
 
 
 # ------------------------------------------------------------------------------- exact

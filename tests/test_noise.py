@@ -16,7 +16,7 @@ import sgdlab
 from conftest import REPO, subprocess_env
 from sgdlab import models, noise
 from sgdlab import trainer
-from sgdlab.train import step
+from sgdlab.train import fixed_params, step
 
 
 # ------------------------------------------------------------------ linear regression
@@ -101,7 +101,7 @@ def test_online_estimate_at_fixed_params_is_within_10_percent_of_exact(mesh_name
   state, tx = _state(params)
   train_step = step.make_train_step(LINEAR, tx, lambda c, lr, d: lr, mesh, noise_scale=True)
 
-  got = noise.online_at_fixed_params(train_step, mesh, state, x, y, batch_size=64,
+  got = fixed_params.online_at_fixed_params(train_step, mesh, state, x, y, batch_size=64,
                                      num_batches=1000, n_population=N)
 
   assert got.count == 1000

@@ -16,13 +16,19 @@ from typing import Any
 
 import ml_collections
 
-from sgdlab import data, models, optim
+from sgdlab import data, models, optim, units
 from sgdlab.config.fields import run_name, set_field
 from sgdlab.errors import ConfigError, check_number
-from sgdlab.train import step
 
 # Compute dtypes; parameters, optimizer state and the loss stay float32.
 DTYPES = ("float32", "bfloat16", "auto")
+
+
+def noise_groups_for(requested: int, n_devices: int, accumulating: bool) -> int:
+  """Small batches per device batch (per micro-batch when accumulating) for the noise
+  scale: `requested` (config.noise_groups), or for 0 McCandlish's B_small, one device's
+  share, so only one device without accumulation splits its batch (in two)."""
+  return int(requested) or (2 if n_devices == 1 and not accumulating else 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +101,7 @@ class Resolved:
   def noise_groups(self) -> int:
     """Parts each device's batch (each micro-batch) is split into for the noise scale."""
     c = self.config
-    return step.noise_groups_for(c.noise_groups, self.n_devices,
+    return noise_groups_for(c.noise_groups, self.n_devices,
                                  self.accumulation_steps > 1) if c.noise_scale else 1
 
   @property
@@ -104,7 +110,7 @@ class Resolved:
     batch is split into for the noise scale, times the virtual batch when batch norm
     normalizes virtual batches (each part must hold whole ones)."""
     c = self.config
-    groups = step.noise_groups_for(c.noise_groups, self.n_devices, False)
+    groups = noise_groups_for(c.noise_groups, self.n_devices, False)
     virtual = (int(c.model.bn_virtual_batch_size)
                if models.has_batch_norm(c.model) and c.model.bn_mode == "virtual" else 1)
     return self.n_devices * (groups if c.noise_scale else 1) * virtual
@@ -185,7 +191,6 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   if not isinstance(c.drop_remainder, bool):
     raise ConfigError("drop_remainder", c.drop_remainder, "True or False")
   if c.memory_budget not in ("", None):
-    from sgdlab.memory import units  # pylint: disable=g-import-not-at-top
     units.parse_bytes(c.memory_budget)
   optim.validate_optimizer(c.optimizer)
   models.validate(c.model)
@@ -229,7 +234,7 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
   # Accumulating, the micro-batches are the noise scale's small batches, split further
   # only by an explicit noise_groups.
   accumulating = micro not in (0, "auto") and local // int(micro) > 1
-  split = step.noise_groups_for(c.noise_groups, n_devices, accumulating)
+  split = noise_groups_for(c.noise_groups, n_devices, accumulating)
   if c.noise_scale and split > 1:
     unit = int(micro) if accumulating else local
     if c.noise_groups and unit % split:
@@ -282,7 +287,7 @@ def _check_batch_norm(c: ml_collections.ConfigDict, spec: data.DataSpec, k: int,
                       "planner does not keep micro-batches a multiple of the virtual batch)")
   seen = int(micro) if accumulating else local
   if c.noise_scale:
-    seen //= step.noise_groups_for(c.noise_groups, k // local, accumulating)
+    seen //= noise_groups_for(c.noise_groups, k // local, accumulating)
   if seen % vb:
     raise ConfigError("model.bn_virtual_batch_size", vb,
                       f"a divisor of the {seen} examples each device normalizes at once "

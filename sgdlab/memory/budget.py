@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sgdlab.errors import ConfigError
-from sgdlab.memory.units import parse_bytes
+from sgdlab.units import parse_bytes
 
 @dataclasses.dataclass(frozen=True)
 class Budget:

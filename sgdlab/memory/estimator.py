@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sgdlab.config import Resolved
 from sgdlab.memory.cpu_runtime import (CPU_RESERVE_BYTES, CPU_RESERVE_FRACTION,
                                        IM2COL_MAX_CHANNELS, conv_workspace_bytes)
-from sgdlab.memory.units import format_bytes
+from sgdlab.units import format_bytes
 from sgdlab.train import step
 from sgdlab.data.pipeline import replicated_structs
 from sgdlab.train.program import Program, build_program

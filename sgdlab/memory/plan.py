@@ -41,7 +41,7 @@ from sgdlab.errors import ConfigError
 from sgdlab.memory.budget import Budget, device_budget
 from sgdlab.memory.estimator import Estimator, batch_struct
 from sgdlab.memory.search import check_fixed_parts
-from sgdlab.memory.units import format_bytes
+from sgdlab.units import format_bytes
 from sgdlab.train import step
 from sgdlab.data.pipeline import replicated_structs
 from sgdlab.train.program import build_program

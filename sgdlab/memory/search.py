@@ -24,7 +24,7 @@ from sgdlab.config import Resolved, resolve
 from sgdlab.errors import ConfigError
 from sgdlab.memory.budget import Budget, device_budget
 from sgdlab.memory.estimator import Estimator, Layer, layer_table
-from sgdlab.memory.units import format_bytes
+from sgdlab.units import format_bytes
 from sgdlab.train import step
 
 @dataclasses.dataclass

@@ -37,6 +37,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from sgdlab import optim
+from sgdlab.config import noise_groups_for
 
 DATA = "data"
 
@@ -128,13 +129,6 @@ def _losses(logits: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, j
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
   correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
   return losses * m, correct * m
-
-
-def noise_groups_for(requested: int, n_devices: int, accumulating: bool) -> int:
-  """Small batches per device batch (per micro-batch when accumulating) for the noise
-  scale: `requested` (config.noise_groups), or for 0 McCandlish's B_small, one device's
-  share, so only one device without accumulation splits its batch (in two)."""
-  return int(requested) or (2 if n_devices == 1 and not accumulating else 1)
 
 
 def _group_sums(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, groups: int,
@@ -326,7 +320,7 @@ def norms_at_fixed_state(train_step: Callable, state: TrainState,
   """The noise-scale norms of `train_step` (built with noise_scale=True) on the batch
   `batch_of(x)` for each x along xs' leading axis, every one at `state`: one scan, each
   update dropped. A fresh step count per batch gives fresh dropout masks. Used inside
-  jit by the trainer's noise probe and `noise.online_at_fixed_params`."""
+  jit by the trainer's noise probe and `fixed_params.online_at_fixed_params`."""
 
   def body(_, args):
     t, x = args

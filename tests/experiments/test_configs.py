@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from conftest import REPO
-from sgdlab.memory import report
+from sgdlab.studies import fit as fit_study_lib
 from sgdlab.sweep import runner
 from sgdlab.train import step
 
@@ -40,7 +40,8 @@ def test_the_classic_experiment_runs_three_seeds_by_default():
 
 def test_fit_config_small_variant(tmp_path):
   config = _module("fit_batch_size").get_config("small")
-  text = report.run(config, str(tmp_path), report.FitOptions(memory_budget="1GiB"))
+  text = fit_study_lib.fit_study(config, str(tmp_path),
+                                fit_study_lib.FitOptions(memory_budget="1GiB"))
   assert "largest power of two" in text
   assert json.loads((tmp_path / "fit.json").read_text())["reports"][0]["largest_k"] > 0
 

@@ -21,7 +21,8 @@ from conftest import subprocess_env
 from memory_support import GiB, MiB, budget, fit_cli, oom_config, tiny, train_under_limit
 from sgdlab import config as config_lib
 from sgdlab import data
-from sgdlab.memory import cpu_runtime, estimator, search, trials, units
+from sgdlab import units
+from sgdlab.memory import cpu_runtime, estimator, search, trials
 from sgdlab import trainer
 from sgdlab.errors import ConfigError
 
