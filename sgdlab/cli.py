@@ -44,6 +44,9 @@ def parse_flags(argv: list[str]) -> list[str]:
       path = arg[len("--config="):].split(":")[0]
       if not os.path.isfile(path):
         fail(f"--config={path} is invalid: no such file")
+  # Importing the config file must not write a __pycache__ beside the user's file (a
+  # read-only or Bazel-tracked folder gains a stray entry).
+  writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
   try:
     remaining = FLAGS(argv)
   except SyntaxError as e:
@@ -58,6 +61,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(cause, (KeyError, AttributeError)):
       text = _unknown_field(argv, cause) or text
     fail(text)
+  finally:
+    sys.dont_write_bytecode = writes_bytecode
   return remaining
 
 

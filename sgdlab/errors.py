@@ -51,13 +51,31 @@ def check_number(field: str, value: Any, *, low: float | None = None,
 
 
 def unwritable(path: str) -> str | None:
-  """Why `path` could not be made and written to, or None if it could; checked by
-  walking up to the nearest thing that exists, without making anything."""
-  existing = os.path.abspath(path)
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    return f"{existing} is not a folder"
-  if not os.access(existing, os.W_OK | os.X_OK):
-    return f"{existing} is not writable"
+  """Why a folder could not be made at `path` and written to, or None if it could.
+
+  Checked by doing it: the missing folders are made, a file is written and removed, then
+  the folders made are removed again, so a place that passes a permission check but
+  cannot be created (under /proc, a read-only bind mount) fails here, before anything
+  else is written, and a check that passes leaves nothing behind.
+  """
+  path = os.path.abspath(path)
+  made, at = [], path
+  while not os.path.lexists(at):
+    made.append(at)
+    at = os.path.dirname(at)
+  if not os.path.isdir(at):
+    return f"{at} is not a folder"
+  try:
+    for folder in reversed(made):
+      os.mkdir(folder)
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.unlink(probe)
+  except OSError as e:
+    return f"{e.filename or path}: {e.strerror}"
+  finally:
+    for folder in made:
+      if os.path.isdir(folder):
+        os.rmdir(folder)
   return None
