@@ -139,6 +139,27 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   from config.data, which reads file headers only).
   """
   c = copy.deepcopy(config)
+  _check_numbers(c)
+  _check_probe_fields(c)
+  _check_precision_and_rules(c)
+  optim.validate_optimizer(c.optimizer)
+  models.validate(c.model)
+  spec = data.describe(c.data) if spec is None else spec
+  _check_model_data(c, spec)
+  optim.validate_schedule(c.schedule)
+  if c.batch_size != "auto":
+    _check_batch_size(c, spec, n_devices)
+    _check_probe(c, spec)
+  elif models.has_batch_norm(c.model):
+    _check_auto_batch_norm(c)
+  resolved = Resolved(c, spec, n_devices)
+  if c.batch_size != "auto":
+    optim.validate_schedule(c.schedule, resolved.total_steps)
+  return resolved
+
+
+def _check_numbers(c: ml_collections.ConfigDict) -> None:
+  """Every top-level number in its range."""
   if c.batch_size != "auto":
     check_number("batch_size", c.batch_size, low=1, integer=True,
                  what='an integer >= 1, or "auto"')
@@ -163,6 +184,10 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
                what="an integer >= 0 (0: 2 on one device without accumulation, else 1)")
   check_number("noise_probe_batches", c.noise_probe_batches, low=0, integer=True,
                what="an integer >= 0 (0: no probe)")
+
+
+def _check_probe_fields(c: ml_collections.ConfigDict) -> None:
+  """The noise probe reads the step's noise norms from full batches placed on devices."""
   if c.noise_probe_batches and not c.noise_scale:
     raise ConfigError("noise_probe_batches", c.noise_probe_batches,
                       "0 unless noise_scale=True (the probe reads the step's noise norms)")
@@ -174,6 +199,10 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
     raise ConfigError("noise_probe_batches", c.noise_probe_batches,
                       "0 with data.pipeline='grain' (the probe draws its batches from the "
                       "training set placed on the devices)")
+
+
+def _check_precision_and_rules(c: ml_collections.ConfigDict) -> None:
+  """Accumulation, dtype, the lr scaling rule, drop_remainder and the memory budget."""
   if c.microbatch_size != "auto":
     check_number("microbatch_size", c.microbatch_size, low=0, integer=True,
                  what='an integer >= 0 (0: no accumulation), or "auto"')
@@ -192,20 +221,6 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
     raise ConfigError("drop_remainder", c.drop_remainder, "True or False")
   if c.memory_budget not in ("", None):
     units.parse_bytes(c.memory_budget)
-  optim.validate_optimizer(c.optimizer)
-  models.validate(c.model)
-  spec = data.describe(c.data) if spec is None else spec
-  _check_model_data(c, spec)
-  optim.validate_schedule(c.schedule)
-  if c.batch_size != "auto":
-    _check_batch_size(c, spec, n_devices)
-    _check_probe(c, spec)
-  elif models.has_batch_norm(c.model):
-    _check_auto_batch_norm(c)
-  resolved = Resolved(c, spec, n_devices)
-  if c.batch_size != "auto":
-    optim.validate_schedule(c.schedule, resolved.total_steps)
-  return resolved
 
 
 def _check_model_data(c: ml_collections.ConfigDict, spec: data.DataSpec) -> None:

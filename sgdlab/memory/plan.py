@@ -203,6 +203,25 @@ class _Costs:
             + self.rates.seconds(self._update, "float32"))
 
 
+def _choose(plans: list[Plan], estimators: dict, k: int, budget: Budget) -> Plan:
+  """The fastest plan whose trainer epoch program fits too (plans that fail it are
+  marked in `plans`); ConfigError when none does."""
+  choices = sorted((p for p in plans if p.seconds is not None),
+                   key=lambda p: (p.seconds, p.remat, -p.microbatch_size))
+  for p in choices:
+    # The trainer runs the step inside its epoch scan: that program must fit too.
+    need = estimators[(p.microbatch_size, p.remat, p.dtype)].trainer_total(k)
+    if need <= budget.usable:
+      return p
+    plans[plans.index(p)] = dataclasses.replace(p, fits=False, bytes=need,
+                                                note="the trainer's epoch program needs more")
+  smallest = min(plans, key=lambda p: p.bytes)
+  raise ConfigError("memory_budget", budget.value,
+                    f"a larger budget: no plan for k={k} fits; the smallest (micro-batch "
+                    f"{smallest.microbatch_size}) needs {format_bytes(smallest.bytes)} per "
+                    f"device, and {format_bytes(budget.usable)} is usable")
+
+
 def plan_microbatch(resolved: Resolved, budget: Budget | None = None, *,
                     mesh: Mesh | None = None, target: str | None = None) -> PlanReport:
   """The plans for resolved's fixed k, and the one with the least predicted time per
@@ -247,24 +266,7 @@ def plan_microbatch(resolved: Resolved, budget: Budget | None = None, *,
       largest_fitting(candidates, fits)
       plans += sorted((dataclasses.replace(p, seconds=costs.seconds(p)) if p.fits else p
                        for p in probed.values()), key=lambda p: -p.microbatch_size)
-  choices = sorted((p for p in plans if p.seconds is not None),
-                   key=lambda p: (p.seconds, p.remat, -p.microbatch_size))
-  chosen = None
-  for p in choices:
-    # The trainer runs the step inside its epoch scan: that program must fit too.
-    need = estimators[(p.microbatch_size, p.remat, p.dtype)].trainer_total(resolved.batch_size)
-    if need <= budget.usable:
-      chosen = p
-      break
-    plans[plans.index(p)] = dataclasses.replace(p, fits=False, bytes=need,
-                                                note="the trainer's epoch program needs more")
-  if chosen is None:
-    smallest = min(plans, key=lambda p: p.bytes)
-    raise ConfigError("memory_budget", budget.value,
-                      f"a larger budget: no plan for k={resolved.batch_size} fits; the "
-                      f"smallest (micro-batch {smallest.microbatch_size}) needs "
-                      f"{format_bytes(smallest.bytes)} per device, and "
-                      f"{format_bytes(budget.usable)} is usable")
+  chosen = _choose(plans, estimators, resolved.batch_size, budget)
   return PlanReport(k=resolved.batch_size, n_devices=mesh.size, target=base.target,
                     budget=budget, rates=rates, plans=plans, chosen=chosen,
                     compiles=sum(e.compiles for e in [*bases, *estimators.values()])

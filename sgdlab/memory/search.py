@@ -141,26 +141,8 @@ def find_batch_size(config: ml_collections.ConfigDict | Resolved,
   budget = budget or device_budget(mesh, config.memory_budget, config.memory_headroom)
   est = estimator or Estimator(resolved, mesh, target=target)
   usable, notes, compiles_before = budget.usable, [], est.compiles
-  if est.cap < est.unit:
-    raise ConfigError("data.n_train", est.spec.n_train,
-                      f"at least {est.unit} training examples (one per device)")
-  check_fixed_parts(est, budget)
-  if est.total(est.unit) > usable:
-    raise ConfigError("memory_budget", budget.value,
-                      f"a larger budget. Nothing fits: even k={est.unit} needs "
-                      f"{format_bytes(est.total(est.unit))} per device, and "
-                      f"{format_bytes(usable)} is usable")
-  # Powers of two: each jump goes to the largest power the affine fit of the train
-  # step's bytes predicts to fit; compiling it (and the next) certifies the answer.
-  step_limit = est.without_reserve(usable) - est.data_bytes
-  powers = powers_of_two(est.unit, est.cap)
-  lo, hi = est.unit, None  # largest power known to fit, smallest known not to
-  while lo < powers[-1] and (hi is None or hi > 2 * lo):
-    points = [(k, c.total) for k, c in est.probes.items()]
-    guess = _affine_guess(points, step_limit, 2 * est.state_bytes)
-    ceiling = hi // 2 if hi is not None else powers[-1]
-    candidate = max([p for p in powers if 2 * lo <= p <= min(guess, ceiling)], default=2 * lo)
-    lo, hi = (candidate, hi) if est.total(candidate) <= usable else (lo, candidate)
+  _check_smallest(est, budget)
+  lo, hi = _powers_search(est, usable)
   largest = None
   if exact:
     top = hi if hi is not None else est.cap
@@ -171,47 +153,93 @@ def find_batch_size(config: ml_collections.ConfigDict | Resolved,
                  f"k={largest or lo} fits and a larger k would exceed the dataset")
   trainer_bytes = None
   if check_trainer:
-    # The trainer runs the step inside an epoch scan and evaluates in a scan: compile
-    # those at the answer too, and move down to where they fit when they need more.
-    chosen = largest or lo
-    trainer_fits = lambda k: est.trainer_total(k) <= usable
-    if not trainer_fits(chosen):
-      notes.append(f"k={chosen}: the trainer's programs need "
-                   f"{format_bytes(est.trainer_total(chosen))}, more than its train step; "
-                   "moved down to where they fit")
-      # The scans need a few percent more than the step: try 7/8 first, then halve.
-      upper, chosen = chosen, chosen * 7 // 8 // est.unit * est.unit
-      while chosen >= est.unit and not trainer_fits(chosen):
-        upper, chosen = chosen, chosen // 2 // est.unit * est.unit
-      if chosen < est.unit:
-        raise ConfigError("memory_budget", budget.value, "a larger budget. Nothing fits: "
-                          f"the trainer's programs need {format_bytes(est.trainer_total(upper))}"
-                          f" at k={upper}")
-      if exact:
-        chosen = _largest(est.trainer_total, usable, chosen, upper, est.unit)
-      largest = chosen if exact else None
-      lo = max(p for p in powers if p <= chosen)
+    lo, largest, chosen = _fit_trainer(est, budget, lo, largest, exact, notes)
     trainer_bytes = est.trainer_total(chosen)
-  points = sorted((k, c.total) for k, c in est.probes.items())
-  slope = ((points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]) * est.mesh.size
-           if len(points) > 1 else 0.0)
-  breakdown = est.breakdown(largest or lo)
-  if trainer_bytes is not None and trainer_bytes > sum(breakdown.values()):
-    breakdown["the trainer's epoch scan, beyond the train step"] = (
-        trainer_bytes - sum(breakdown.values()))
-  report = FitReport(
+  slope = _slope(est)  # before the breakdown, which may compile one more k
+  return FitReport(
       config_name=config.name or config.model.name,
       input_shape=tuple(est.spec.input_shape), n_devices=mesh.size, target=est.target,
       budget=budget, largest_power_of_two=lo, largest_k=largest,
       probes={k: est.total(k) for k in sorted(est.probes)},
-      breakdown=breakdown,
+      breakdown=_breakdown(est, largest or lo, trainer_bytes),
       layers=layer_table(est.program(est.unit).model, est.abstract_state.params,
                          est.spec.input_shape, est.abstract_state.batch_stats,
                          jnp.int32 if est.spec.seq_len else jnp.float32),
       eval_batch_size=est.eval_k, trainer_bytes=trainer_bytes, notes=notes,
       search_seconds=time.perf_counter() - t0, compiles=est.compiles - compiles_before,
       slope_bytes_per_example=slope)
-  return report
+
+
+def _check_smallest(est: Estimator, budget: Budget) -> None:
+  """ConfigError unless the smallest k (one example per device) fits."""
+  if est.cap < est.unit:
+    raise ConfigError("data.n_train", est.spec.n_train,
+                      f"at least {est.unit} training examples (one per device)")
+  check_fixed_parts(est, budget)
+  if est.total(est.unit) > budget.usable:
+    raise ConfigError("memory_budget", budget.value,
+                      f"a larger budget. Nothing fits: even k={est.unit} needs "
+                      f"{format_bytes(est.total(est.unit))} per device, and "
+                      f"{format_bytes(budget.usable)} is usable")
+
+
+def _powers_search(est: Estimator, usable: int) -> tuple[int, int | None]:
+  """The largest power of two known to fit and the smallest known not to (None: none).
+
+  Each jump goes to the largest power the affine fit of the train step's bytes predicts
+  to fit; compiling it (and the next) certifies the answer."""
+  step_limit = est.without_reserve(usable) - est.data_bytes
+  powers = powers_of_two(est.unit, est.cap)
+  lo, hi = est.unit, None
+  while lo < powers[-1] and (hi is None or hi > 2 * lo):
+    points = [(k, c.total) for k, c in est.probes.items()]
+    guess = _affine_guess(points, step_limit, 2 * est.state_bytes)
+    ceiling = hi // 2 if hi is not None else powers[-1]
+    candidate = max([p for p in powers if 2 * lo <= p <= min(guess, ceiling)], default=2 * lo)
+    lo, hi = (candidate, hi) if est.total(candidate) <= usable else (lo, candidate)
+  return lo, hi
+
+
+def _fit_trainer(est: Estimator, budget: Budget, lo: int, largest: int | None, exact: bool,
+                 notes: list[str]) -> tuple[int, int | None, int]:
+  """The trainer runs the step inside an epoch scan and evaluates in a scan: compile
+  those at the answer too, and move down to where they fit when they need more.
+  Returns the power of two, the exact k (None unless exact) and the k checked."""
+  usable, chosen = budget.usable, largest or lo
+  trainer_fits = lambda k: est.trainer_total(k) <= usable
+  if trainer_fits(chosen):
+    return lo, largest, chosen
+  notes.append(f"k={chosen}: the trainer's programs need "
+               f"{format_bytes(est.trainer_total(chosen))}, more than its train step; "
+               "moved down to where they fit")
+  # The scans need a few percent more than the step: try 7/8 first, then halve.
+  upper, chosen = chosen, chosen * 7 // 8 // est.unit * est.unit
+  while chosen >= est.unit and not trainer_fits(chosen):
+    upper, chosen = chosen, chosen // 2 // est.unit * est.unit
+  if chosen < est.unit:
+    raise ConfigError("memory_budget", budget.value, "a larger budget. Nothing fits: "
+                      f"the trainer's programs need {format_bytes(est.trainer_total(upper))}"
+                      f" at k={upper}")
+  if exact:
+    chosen = _largest(est.trainer_total, usable, chosen, upper, est.unit)
+  powers = powers_of_two(est.unit, est.cap)
+  return max(p for p in powers if p <= chosen), (chosen if exact else None), chosen
+
+
+def _slope(est: Estimator) -> float:
+  """Bytes per example of the whole batch, from the first and last k compiled."""
+  points = sorted((k, c.total) for k, c in est.probes.items())
+  if len(points) < 2:
+    return 0.0
+  return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]) * est.mesh.size
+
+
+def _breakdown(est: Estimator, k: int, trainer_bytes: int | None) -> dict[str, int]:
+  breakdown = est.breakdown(k)
+  if trainer_bytes is not None and trainer_bytes > sum(breakdown.values()):
+    breakdown["the trainer's epoch scan, beyond the train step"] = (
+        trainer_bytes - sum(breakdown.values()))
+  return breakdown
 
 
 def _largest(total: Callable[[int], int], limit: int, lo: int, hi: int, unit: int) -> int:

@@ -238,6 +238,32 @@ def apply_update(tx: optax.GradientTransformation, lr_fn: LrFn, state: TrainStat
   return optax.apply_updates(state.params, optim.apply_lr(direction, lr)), opt_state, lr
 
 
+def _guarded(state: TrainState, ok: jax.Array, params: Any, opt_state: Any,
+             batch_stats: Any) -> TrainState:
+  """The new state where the step is finite; else the old one, with the step recorded in
+  diverged_at (the first time)."""
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  diverged_at = jnp.where((state.diverged_at < 0) & ~ok, state.step, state.diverged_at)
+  return state.replace(
+      step=jnp.where(ok, state.step + 1, state.step),
+      params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      batch_stats=keep(batch_stats, state.batch_stats), diverged_at=diverged_at)
+
+
+def _noise_norms(batch: Batch, grads: Any, group_sq: jax.Array, count: jax.Array,
+                 parts: int, n_dev: int) -> Metrics:
+  """|G_small|^2: mean over devices and the `parts` small batches of each device batch of
+  each one's own mean gradient; |G_big|^2: the averaged gradient. Only meaningful on full
+  batches (`full`)."""
+  local_k = batch["mask"].shape[0]
+  b_small = local_k // parts
+  per_group = b_small * targets_per_example(batch)  # targets in a group's sum
+  small_sq = jnp.mean(group_sq) / jnp.float32(per_group) ** 2
+  return dict(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
+              b_small=jnp.float32(b_small), b_big=jnp.float32(local_k * n_dev),
+              full=(count == local_k * n_dev * targets_per_example(batch)).astype(jnp.float32))
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
                     mesh: Mesh, *, accumulation_steps: int = 1, noise_scale: bool = False,
                     noise_groups: int = 0, check_gradients: bool = True,
@@ -287,25 +313,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
     ok = jnp.isfinite(metrics["loss"]) & (state.diverged_at < 0)
     if check_gradients:
       ok = ok & _all_finite(grads)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    diverged_at = jnp.where((state.diverged_at < 0) & ~ok, state.step, state.diverged_at)
-    new_state = state.replace(
-        step=jnp.where(ok, state.step + 1, state.step),
-        params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-        batch_stats=keep(batch_stats, state.batch_stats), diverged_at=diverged_at)
-
+    new_state = _guarded(state, ok, params, opt_state, batch_stats)
     metrics["lr"] = lr
     if noise_scale:
-      # |G_small|^2: mean over devices and groups of each group's own mean gradient;
-      # |G_big|^2: the averaged gradient. Only meaningful on full batches.
-      local_k = batch["mask"].shape[0]
-      b_small = local_k // (accumulation_steps * groups)
-      per_group = b_small * targets_per_example(batch)  # targets in a group's sum
-      small_sq = jnp.mean(group_sq) / jnp.float32(per_group) ** 2
-      metrics.update(g_small_sq=_pmean(small_sq), g_big_sq=_tree_sq_norm(grads),
-                     b_small=jnp.float32(b_small), b_big=jnp.float32(local_k * n_dev),
-                     full=(metrics["count"] == local_k * n_dev * targets_per_example(batch)
-                           ).astype(jnp.float32))
+      metrics.update(_noise_norms(batch, grads, group_sq, metrics["count"],
+                                  accumulation_steps * groups, n_dev))
     return new_state, metrics
 
   return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()),
