@@ -14,6 +14,7 @@ so every problem is a ConfigError before any training starts.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -22,7 +23,6 @@ from sgdlab.data import augment, cifar, images, sources, splits, stream, text
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
 
-DATASETS = (*sources.DATASETS, *text.NAMES)
 __all__ = ["DATASETS", "DataSpec", "Dataset", "default_config", "describe", "load"]
 
 
@@ -130,18 +130,23 @@ def _describe_text(cfg: ml_collections.ConfigDict) -> DataSpec:
                   n_validation=text.n_windows_test(held, cfg.seq_len) if held else 0)
 
 
+def _load_mnist(cfg: ml_collections.ConfigDict) -> Dataset:
+  return sources.load_idx_dir(cfg) if cfg.dir else sources.load_mnist_bundled(cfg)
+
+
+def _load_text(cfg: ml_collections.ConfigDict) -> Dataset:
+  train, test = text.read_tokens(cfg)
+  empty = np.zeros((0,), np.int32)
+  return Dataset("text", train, empty, test, empty, 256, seq_len=cfg.seq_len)
+
+
+# Every dataset by name (config.data.name), as models.MODELS has every model.
+LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
+    "mnist": _load_mnist, "digits": sources.load_digits, "synthetic": sources.load_synthetic,
+    **{name: cifar.load for name in cifar.NAMES}, **{name: _load_text for name in text.NAMES}}
+DATASETS = tuple(LOADERS)
+
+
 def load(cfg: ml_collections.ConfigDict) -> Dataset:
   """`config.data` (described already) as host numpy arrays."""
-  if cfg.name == "synthetic":
-    dataset = sources.load_synthetic(cfg)
-  elif cfg.name == "digits":
-    dataset = sources.load_digits(cfg)
-  elif cfg.name in cifar.NAMES:
-    dataset = cifar.load(cfg)
-  elif cfg.name in text.NAMES:
-    train, test = text.read_tokens(cfg)
-    empty = np.zeros((0,), np.int32)
-    dataset = Dataset("text", train, empty, test, empty, 256, seq_len=cfg.seq_len)
-  else:
-    dataset = sources.load_idx_dir(cfg) if cfg.dir else sources.load_mnist_bundled(cfg)
-  return splits.hold_out(dataset, cfg.validation_fraction, cfg.split_seed)
+  return splits.hold_out(LOADERS[cfg.name](cfg), cfg.validation_fraction, cfg.split_seed)
