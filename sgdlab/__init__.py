@@ -1,8 +1,10 @@
 """sgdlab: measured, reproducible experiments on batch size and learning rate in SGD.
 
-The flow, by folder: config (validated once) -> data -> models -> train (the one step,
-the Run, the one loop) -> results; sweep/ expands and runs experiments, memory/ finds
-the batch size that fits. `launch`, `fit` and `report` are the command lines.
+The floors, lowest first: errors and units; data, models, optim; config (validated
+once); noise; train (the one step, the Run, the one loop and its pieces); memory (the
+batch size that fits); results (the one writer); trainer (`train`, `train_population`);
+sweep; studies (steps to target, noise runs, the fit study, benchmarks). `launch`, `fit`
+and `report` are the command lines; an import only points down.
 """
 
 from __future__ import annotations
