@@ -4,7 +4,8 @@ same order (stream, `"grain"`). Integer pixels are kept as uint8 with the scale
 the compiled steps divide them by (`DataSpec.dtype`, `DataSpec.scale`); CIFAR training
 batches are cropped and flipped on device (augment). A text corpus is a uint8 stream
 of byte tokens cut into windows on device (text). A validation split is held out of
-training when asked for (splits).
+training when asked for (splits). `DATASETS` names every dataset, as `models.MODELS`
+names every model: a `Source` gives its shapes (`describe`) and its arrays (`load`).
 
 Nothing is cached between calls, so a sweep that changes `config.data` always sees
 fresh data. `describe` answers shape questions without reading pixels,
@@ -23,7 +24,7 @@ from sgdlab.data import augment, cifar, images, sources, splits, stream, text
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
 
-__all__ = ["DATASETS", "DataSpec", "Dataset", "default_config", "describe", "load"]
+__all__ = ["DATASETS", "DataSpec", "Dataset", "Source", "default_config", "describe", "load"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -62,27 +63,26 @@ def describe(cfg: ml_collections.ConfigDict) -> DataSpec:
   """
   if cfg.name not in DATASETS:
     raise ConfigError("data.name", cfg.name, f"one of {list(DATASETS)}")
+  source = DATASETS[cfg.name]
   if not (isinstance(cfg.validation_fraction, (int, float))
           and 0.0 <= cfg.validation_fraction < 1.0):
     raise ConfigError("data.validation_fraction", cfg.validation_fraction,
                       "a fraction in [0, 1) (0: no validation split)")
-  if cfg.path and cfg.name not in text.NAMES:
-    raise ConfigError("data.path", cfg.path, "empty unless data.name='text'")
-  if cfg.name in text.NAMES:
-    return _describe_text(cfg)
+  if cfg.path and not source.tokens:
+    raise ConfigError("data.path", cfg.path, "empty unless data.name is one of "
+                      f"{[n for n, s in DATASETS.items() if s.tokens]}")
+  if source.tokens:
+    return source.spec(cfg)
   stream.check(cfg)
-  if cfg.dir and cfg.name not in ("mnist", *cifar.NAMES):
-    raise ConfigError("data.dir", cfg.dir,
-                      f"empty unless data.name is one of {['mnist', *cifar.NAMES]}")
+  if cfg.dir and not source.reads_dir:
+    raise ConfigError("data.dir", cfg.dir, "empty unless data.name is one of "
+                      f"{[n for n, s in DATASETS.items() if s.reads_dir]}")
   if not isinstance(cfg.image_size, int) or cfg.image_size < 0:
     raise ConfigError("data.image_size", cfg.image_size, "0 (native) or a positive side")
-  if cfg.name == "synthetic":
-    sources.validate_synthetic(cfg)
-  elif not cfg.dir and cfg.name not in cifar.NAMES and not 0.0 < cfg.test_fraction < 1.0:
-    raise ConfigError("data.test_fraction", cfg.test_fraction, "a fraction in (0, 1)")
+  source.check(cfg)
   if cfg.n_train < 0:
     raise ConfigError("data.n_train", cfg.n_train, "0 (all) or a positive count")
-  spec = sources.native_spec(cfg)  # also checks the IDX or CIFAR files
+  spec = source.spec(cfg)  # also checks the IDX or CIFAR files
   if spec.n_train < 1 or spec.n_test < 1:
     if cfg.dir:
       raise ConfigError("data.dir", cfg.dir, "IDX files with at least one train and test "
@@ -140,13 +140,40 @@ def _load_text(cfg: ml_collections.ConfigDict) -> Dataset:
   return Dataset("text", train, empty, test, empty, 256, seq_len=cfg.seq_len)
 
 
-# Every dataset by name (config.data.name), as models.MODELS has every model.
-LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
-    "mnist": _load_mnist, "digits": sources.load_digits, "synthetic": sources.load_synthetic,
-    **{name: cifar.load for name in cifar.NAMES}, **{name: _load_text for name in text.NAMES}}
-DATASETS = tuple(LOADERS)
+def _check_test_fraction(cfg: ml_collections.ConfigDict) -> None:
+  """A bundled set is split here: test_fraction must leave both parts."""
+  if not cfg.dir and not 0.0 < cfg.test_fraction < 1.0:
+    raise ConfigError("data.test_fraction", cfg.test_fraction, "a fraction in (0, 1)")
+
+
+def _no_fields(cfg: ml_collections.ConfigDict) -> None:
+  del cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One dataset by name: its shapes without reading pixels, and its host arrays."""
+
+  spec: Callable[[ml_collections.ConfigDict], DataSpec]  # native: before n_train, resizing
+  load: Callable[[ml_collections.ConfigDict], Dataset]
+  check: Callable[[ml_collections.ConfigDict], None] = _no_fields  # its own fields
+  reads_dir: bool = False  # data.dir names its files
+  tokens: bool = False  # a byte stream from data.path cut into windows, not images
+
+
+# Every dataset by name (config.data.name), as models.MODELS has every model; `describe`
+# and `load` both read it.
+DATASETS: dict[str, Source] = {
+    "mnist": Source(sources.mnist_spec, _load_mnist, _check_test_fraction, reads_dir=True),
+    "digits": Source(sources.digits_spec, sources.load_digits, _check_test_fraction),
+    "synthetic": Source(sources.synthetic_spec, sources.load_synthetic,
+                        sources.validate_synthetic),
+    **{name: Source(cifar.native_spec, cifar.load, reads_dir=True) for name in cifar.NAMES},
+    **{name: Source(_describe_text, _load_text, tokens=True) for name in text.NAMES},
+}
 
 
 def load(cfg: ml_collections.ConfigDict) -> Dataset:
   """`config.data` (described already) as host numpy arrays."""
-  return splits.hold_out(LOADERS[cfg.name](cfg), cfg.validation_fraction, cfg.split_seed)
+  return splits.hold_out(DATASETS[cfg.name].load(cfg), cfg.validation_fraction,
+                         cfg.split_seed)

@@ -1,6 +1,6 @@
 """The datasets by name: bundled MNIST, sklearn digits, IDX folders, CIFAR, teacher-student.
 
-Each source gives its shapes without reading pixels where it can (`native_spec`: bundled
+Each source gives its shapes without reading pixels where it can (`*_spec`: bundled
 class counts are constants, IDX files are read only up to their headers; CIFAR's pickles
 are read whole, `sgdlab.data.cifar`), and its arrays (`load`), stored as the devices
 keep them (`images.stored`): integer pixels as uint8 with their scale, unless resized.
@@ -13,12 +13,10 @@ import math
 import ml_collections
 import numpy as np
 
-from sgdlab.data import cifar, idx
+from sgdlab.data import idx
 from sgdlab.data.images import stored, to_unit
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
-
-DATASETS = ("mnist", "digits", "synthetic", *cifar.NAMES)
 
 # Class counts of the bundled sets; constants so `describe` need not parse them.
 # The tests compare `describe` with `load`, which catches any drift upstream.
@@ -37,21 +35,29 @@ def _stratified_sizes(counts, test_fraction: float) -> tuple[np.ndarray, np.ndar
   return counts - n_test, n_test
 
 
-def native_spec(cfg: ml_collections.ConfigDict) -> DataSpec:
-  """Spec before n_train truncation and resizing, from headers and constants only."""
-  if cfg.name == "synthetic":
-    return DataSpec("synthetic", _synthetic_shape(cfg), int(cfg.synthetic_num_classes),
-                    int(cfg.synthetic_n_train), int(cfg.synthetic_n_test))
-  if cfg.name in cifar.NAMES:
-    return cifar.native_spec(cfg)
-  if cfg.name == "mnist" and cfg.dir:
-    found = idx.idx_headers(cfg)
-    scale = idx_scale(found)
-    return DataSpec("mnist", idx.image_shape(found["train_images"][1].shape), idx.IDX_NUM_CLASSES,
-                    found["train_images"][1].shape[0], found["test_images"][1].shape[0],
-                    "uint8" if scale != 1.0 else "float32", scale)
-  counts, shape, scale = ((_MNIST_BUNDLED_COUNTS, (28, 28, 1), 255.0) if cfg.name == "mnist"
-                          else (_DIGITS_COUNTS, (8, 8, 1), 16.0))
+def synthetic_spec(cfg: ml_collections.ConfigDict) -> DataSpec:
+  """The teacher-student set's shapes, from its fields."""
+  return DataSpec("synthetic", _synthetic_shape(cfg), int(cfg.synthetic_num_classes),
+                  int(cfg.synthetic_n_train), int(cfg.synthetic_n_test))
+
+
+def mnist_spec(cfg: ml_collections.ConfigDict) -> DataSpec:
+  """An IDX folder's shapes from its headers (data.dir), else the bundled 5000's."""
+  if not cfg.dir:
+    return _bundled_spec(cfg, _MNIST_BUNDLED_COUNTS, (28, 28, 1), 255.0)
+  found = idx.idx_headers(cfg)
+  scale = idx_scale(found)
+  return DataSpec("mnist", idx.image_shape(found["train_images"][1].shape), idx.IDX_NUM_CLASSES,
+                  found["train_images"][1].shape[0], found["test_images"][1].shape[0],
+                  "uint8" if scale != 1.0 else "float32", scale)
+
+
+def digits_spec(cfg: ml_collections.ConfigDict) -> DataSpec:
+  return _bundled_spec(cfg, _DIGITS_COUNTS, (8, 8, 1), 16.0)
+
+
+def _bundled_spec(cfg: ml_collections.ConfigDict, counts: tuple[int, ...],
+                  shape: tuple[int, ...], scale: float) -> DataSpec:
   n_train, n_test = _stratified_sizes(counts, cfg.test_fraction)
   return DataSpec(cfg.name, shape, len(counts), int(n_train.sum()), int(n_test.sum()),
                   "uint8", scale)

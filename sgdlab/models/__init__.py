@@ -22,19 +22,14 @@ from sgdlab.models.resnet import ResNet
 from sgdlab.models.transformer import Transformer
 
 __all__ = ["CNN", "MLP", "MODELS", "ResNet", "Transformer", "build", "default_config",
-           "has_batch_norm", "sizes", "validate"]
+           "has_batch_norm", "validate"]
 
 KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
                 "glorot_uniform": nn.initializers.glorot_uniform()}
-# (depth, width) where config.model leaves them 0: Shallue et al.'s ResNet-8 at width 16,
-# and a 2-block byte-level Transformer of width 128.
-DEFAULT_SIZES = {"resnet": (8, 16), "transformer": (2, 128)}
-
-
-def sizes(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(depth, width) of a resnet or transformer: the fields, or the model's default for 0."""
-  depth, width = DEFAULT_SIZES.get(cfg.name, (0, 0))
-  return cfg.depth or depth, cfg.width or width
+# Sizes are per model (a ResNet's depth counts layers, a Transformer's blocks): a config
+# that sets a shared `depth` or `width` is told the per-model names.
+_RENAMED = {"depth": "resnet_depth or transformer_depth",
+            "width": "resnet_width or transformer_width"}
 
 
 def _mlp(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any, seq_len: int) -> nn.Module:
@@ -51,16 +46,15 @@ def _cnn(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any, seq_len: 
 
 def _resnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
             seq_len: int) -> nn.Module:
-  depth, width = sizes(cfg)
-  return ResNet(depth=depth, width=width, num_classes=num_classes,
+  return ResNet(depth=cfg.resnet_depth, width=cfg.resnet_width, num_classes=num_classes,
                 bn_mode=cfg.bn_mode, bn_virtual_batch_size=cfg.bn_virtual_batch_size,
                 conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat)
 
 
 def _transformer(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
                  seq_len: int) -> nn.Module:
-  depth, width = sizes(cfg)
-  return Transformer(vocab_size=num_classes, seq_len=seq_len, width=width, depth=depth,
+  return Transformer(vocab_size=num_classes, seq_len=seq_len, width=cfg.transformer_width,
+                     depth=cfg.transformer_depth,
                      heads=cfg.heads, tied=cfg.tied_embedding, dropout=cfg.dropout,
                      dtype=dtype, remat=cfg.remat)
 
@@ -96,9 +90,13 @@ def default_config() -> ml_collections.ConfigDict:
       conv_impl="auto",  # kernel gradient: "im2col" matmul on CPU, "xla" elsewhere
       kernel_init="lecun_normal",  # mlp, cnn: or "glorot_uniform" (Keras' default)
       remat=False,  # recompute each block's activations in the backward pass
-      depth=0,  # resnet: 6n + 2 (8, 20, 32, 56); transformer: blocks; 0 = 8 and 2
-      width=0,  # resnet: filters of the first stage (then 2x, 4x); transformer: model
-      # width; 0 = 16 and 128
+      # Shallue et al.'s ResNet-8 at width 16: layers 6n + 2 (8, 20, 32, 56), filters of
+      # the first stage (then 2x, 4x).
+      resnet_depth=8,
+      resnet_width=16,
+      # A byte-level Transformer: blocks, and the model (embedding) width.
+      transformer_depth=2,
+      transformer_width=128,
       heads=4,  # transformer: attention heads (divide the width)
       tied_embedding=True,  # transformer: output logits from the token embedding
       bn_mode="device",  # resnet: batch statistics per "device" share, "virtual", "sync"
@@ -111,6 +109,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """ConfigError naming the first invalid field of config.model."""
   if cfg.name not in MODELS:
     raise ConfigError("model.name", cfg.name, f"one of {sorted(MODELS)}")
+  unknown = sorted(set(cfg) - set(default_config()))
+  if unknown:
+    field = unknown[0]
+    raise ConfigError(f"model.{field}", cfg[field],
+                      f"not a model field; {_RENAMED[field]} (each model has its own)"
+                      if field in _RENAMED else "not a model field (a typo?)")
   for field in ("dropout", "conv_dropout", "dense_dropout"):
     if not 0.0 <= cfg[field] < 1.0:
       raise ConfigError(f"model.{field}", cfg[field], "a rate in [0, 1)")
@@ -123,16 +127,16 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError("model.dense", cfg.dense, "a positive width")
   if cfg.kernel_init not in KERNEL_INITS:
     raise ConfigError("model.kernel_init", cfg.kernel_init, f"one of {list(KERNEL_INITS)}")
-  for field in ("depth", "width"):
-    if not isinstance(cfg[field], int) or cfg[field] < 0:
-      raise ConfigError(f"model.{field}", cfg[field], "0 (the model's default) or positive")
-  depth, width = sizes(cfg)
-  if cfg.name == "resnet" and (depth < 8 or (depth - 2) % 6):
-    raise ConfigError("model.depth", cfg.depth, "6n + 2 with n >= 1 (8, 20, 32, 56, ...)")
-  if cfg.name == "transformer":
-    if not isinstance(cfg.heads, int) or cfg.heads < 1 or width % cfg.heads:
-      raise ConfigError("model.heads", cfg.heads,
-                        f"a positive number of heads dividing model.width={width}")
+  for field in ("resnet_depth", "resnet_width", "transformer_depth", "transformer_width"):
+    if not isinstance(cfg[field], int) or cfg[field] < 1:
+      raise ConfigError(f"model.{field}", cfg[field], "a positive integer")
+  if cfg.name == "resnet" and (cfg.resnet_depth < 8 or (cfg.resnet_depth - 2) % 6):
+    raise ConfigError("model.resnet_depth", cfg.resnet_depth,
+                      "6n + 2 with n >= 1 (8, 20, 32, 56, ...)")
+  if cfg.name == "transformer" and (not isinstance(cfg.heads, int) or cfg.heads < 1
+                                    or cfg.transformer_width % cfg.heads):
+    raise ConfigError("model.heads", cfg.heads, "a positive number of heads dividing "
+                      f"model.transformer_width={cfg.transformer_width}")
   if cfg.bn_mode not in batchnorm.MODES:
     raise ConfigError("model.bn_mode", cfg.bn_mode, f"one of {list(batchnorm.MODES)}")
   if cfg.bn_mode == "virtual" and (not isinstance(cfg.bn_virtual_batch_size, int)

@@ -10,7 +10,7 @@ from sgdlab.memory import search
 
 def test_a_resnet_search_has_a_batch_norm_row_after_every_conv(mesh1):
   config = conftest.tiny_config(**{
-      "model.name": "resnet", "model.width": 4, "data.synthetic_input_shape": (8, 8, 3),
+      "model.name": "resnet", "model.resnet_width": 4, "data.synthetic_input_shape": (8, 8, 3),
       "model.conv_impl": "xla", "drop_remainder": True, "batch_size": "auto",
       "dtype": "float32"})
   report = search.find_batch_size(config, budget(GiB), mesh=mesh1, exact=False,
@@ -30,7 +30,8 @@ def test_a_transformer_search_has_embedding_and_attention_rows(mesh1, tmp_path):
   path.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
   config = conftest.tiny_config(**{
       "data.name": "text", "data.path": str(path), "data.seq_len": 16,
-      "model.name": "transformer", "model.width": 16, "model.depth": 2, "model.heads": 2,
+      "model.name": "transformer", "model.transformer_width": 16, "model.transformer_depth": 2,
+      "model.heads": 2,
       "batch_size": "auto", "dtype": "float32"})
   report = search.find_batch_size(config, budget(GiB), mesh=mesh1, exact=False,
                                   check_trainer=False)

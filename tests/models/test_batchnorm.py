@@ -25,7 +25,7 @@ def _x(n=32, c=3, seed=0):
 
 def _resnet_config(**overrides):
   return conftest.tiny_config(**{
-      "model.name": "resnet", "model.width": 4, "data.synthetic_input_shape": (8, 8, 3),
+      "model.name": "resnet", "model.resnet_width": 4, "data.synthetic_input_shape": (8, 8, 3),
       "drop_remainder": True, "optimizer.name": "momentum", "optimizer.weight_decay": 5e-4,
       "learning_rate": 0.05, "model.conv_impl": "xla", **overrides})  # xla: compiles fastest
 
@@ -160,7 +160,7 @@ def test_weight_decay_adds_wd_times_the_weights_to_the_gradient():
     ({"model.bn_mode": "virtual", "model.bn_virtual_batch_size": 5}, "model.bn_virtual_batch_size"),
     ({"model.bn_mode": "virtual", "model.bn_virtual_batch_size": 0}, "model.bn_virtual_batch_size"),
     ({"model.bn_mode": "global"}, "model.bn_mode"),
-    ({"model.depth": 10}, "model.depth"),
+    ({"model.resnet_depth": 10}, "model.resnet_depth"),
     ({"optimizer.weight_decay": -1.0}, "optimizer.weight_decay"),
     ({"batch_size": "auto", "drop_remainder": False}, "drop_remainder"),
 ])

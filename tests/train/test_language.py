@@ -26,7 +26,8 @@ TEXT = ("It was the best of times, it was the worst of times, it was the age of 
 def lm_config(path, **overrides):
   c = config_lib.default_config()
   c.data.name, c.data.path, c.data.seq_len = "text", str(path), 8
-  c.model.name, c.model.width, c.model.depth, c.model.heads = "transformer", 16, 1, 2
+  c.model.name, c.model.transformer_width, c.model.transformer_depth, c.model.heads = (
+      "transformer", 16, 1, 2)
   c.batch_size, c.num_epochs, c.learning_rate = 8, 2, 0.1
   for key, value in overrides.items():
     config_lib.set_field(c, key, value)
