@@ -11,8 +11,8 @@ momentum 0.9 at a constant lr as in Shallue et al. (2018), the lr tuned per k on
 sqrt(2) grid, 10% of the training bytes held out: steps until the validation loss
 first falls to 2.6 bits per byte, the mean over seeds 0 and 1, the test figure at that
 step reported. k = 8, 32, 128 windows; 47 minutes on 2 CPU cores. The README's
-table comes from this default. Larger: --config.model.width=256
---config.model.depth=6 --config.data.seq_len=256, a GPU, and a bigger corpus.
+table comes from this default. Larger: --config.model.transformer_width=256
+--config.model.transformer_depth=6 --config.data.seq_len=256, a GPU, and a bigger corpus.
 
 What it shows: the same three regimes as for images (perfect scaling, diminishing
 returns, none), here for next-byte prediction, and B_simple measured online in an
@@ -20,28 +20,29 @@ ordinary run (k = 32, the tuned lr) against the fitted B_noise, both in
 steps_to_target.png. k counts windows of seq_len tokens. There are no exact
 per-example checkpoints: the online estimate is the one measured.
 
+  --config=experiments/lm_steps_to_target.py:small   a tiny model on a corpus the tests
+      write (seconds; set --config.data.path)
+
 Writes results.json, table.md, steps_to_target.png, noise_scale.png to the workdir
-(experiments/steps_to_target.py does the work).
+(sgdlab.studies.steps_to_target does the work).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import ml_collections
-from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import steps_to_target
+from sgdlab import cli
+from sgdlab.studies import corpus, steps_config, steps_to_target
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """variant "": the module docstring's run; "small": a tiny model on a corpus the tests
   write (seconds)."""
-  c = steps_to_target.get_config()
-  c.model.name, c.model.width, c.model.depth, c.model.heads = "transformer", 64, 2, 4
+  c = steps_config.base_config()
+  c.model.name, c.model.heads = "transformer", 4
+  c.model.transformer_width, c.model.transformer_depth = 64, 2
   c.optimizer.name, c.optimizer.momentum = "momentum", 0.9
   c.data.name, c.data.seq_len, c.data.validation_fraction = "text", 64, 0.1
   c.data.test_fraction = 0.1
@@ -54,35 +55,22 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.noise_groups = 0  # two halves, as the README's figures were measured
   s.noise_probe_batches = 8  # B_simple at each epoch's end from 8 batches (256 windows)
   if variant == "small":
-    c.model.width, c.model.depth, c.model.heads, c.data.seq_len = 16, 1, 2, 16
+    c.model.transformer_width, c.model.transformer_depth, c.model.heads = 16, 1, 2
+    c.data.seq_len = 16
     s.target, s.batch_sizes, s.max_lrs, s.max_steps = 6.0, (4, 16), 2, 100
     s.noise_batch_size, s.noise_length, s.noise_probe_batches = 8, 1.0, 2
   return c
 
 
-def corpus(cache_dir: str) -> str:
-  """Python's documentation topics as one UTF-8 file in the cache folder (written once,
-  atomically)."""
-  import pydoc_data.topics  # pylint: disable=g-import-not-at-top
-  root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "sgdlab")
-  path = os.path.join(root, "python-docs.txt")
-  if not os.path.exists(path):
-    os.makedirs(root, exist_ok=True)
-    topics = pydoc_data.topics.topics
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write("\n\n".join(topics[key] for key in sorted(topics)))
-    os.replace(path + ".tmp", path)
-  return path
-
-
 def main(argv: list[str]) -> None:
-  config = flags.FLAGS.config
-  if not config.data.path:
-    config.data.path = corpus(config.data.cache_dir)
-  steps_to_target.main(argv)
+  del argv
+  config = cli.config()
+  if not config.data.path:  # Python's documentation, written once to the cache folder
+    config.data.path = corpus.cached_python_docs(config.data.cache_dir)
+  cli.call(lambda: steps_to_target.validate(config))
+  steps_to_target.study(config, cli.workdir())
 
 
 if __name__ == "__main__":
-  from sgdlab import cli  # pylint: disable=g-import-not-at-top
   cli.define_config_flags(os.path.abspath(__file__))
   cli.main(main)

@@ -30,25 +30,23 @@ On one device the noise run's step splits the batch in two, and batch norm then
 normalizes over each half (k / 2), as on two devices.
 
 Writes results.json, table.md, steps_to_target.png, noise_scale.png to the workdir
-(experiments/steps_to_target.py does the work).
+(sgdlab.studies.steps_to_target does the work).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import steps_to_target
+from sgdlab import cli
+from sgdlab.studies import steps_config, steps_to_target
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """variant "": CIFAR-10 from data.dir; "mnist": the bundled digits; "small": seconds."""
-  c = steps_to_target.get_config()
-  c.model.name, c.model.depth, c.model.width = "resnet", 8, 16
+  c = steps_config.base_config()
+  c.model.name, c.model.resnet_depth, c.model.resnet_width = "resnet", 8, 16
   c.optimizer.name, c.optimizer.momentum, c.optimizer.weight_decay = "nesterov", 0.9, 5e-4
   c.data.name, c.data.validation_fraction = "cifar10", 0.1
   c.drop_remainder = True  # batch norm: statistics of whole batches only
@@ -72,14 +70,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.name, c.data.synthetic_num_classes = "synthetic", 2
     c.data.synthetic_n_train, c.data.synthetic_n_test = 320, 64
     c.data.synthetic_input_shape = (6, 6, 1)
-    c.model.width = 2
+    c.model.resnet_width = 2
     c.learning_rate = 0.1
     s.target, s.batch_sizes, s.max_lrs, s.max_steps = 0.55, (16, 32), 2, 40
     s.noise_batch_size, s.noise_length, s.noise_probe_batches = 16, 0.5, 4
   return c
 
 
+def main(argv: list[str]) -> None:
+  del argv
+  config = cli.config()
+  cli.call(lambda: steps_to_target.validate(config))  # before anything is written
+  steps_to_target.study(config, cli.workdir())
+
+
 if __name__ == "__main__":
-  from sgdlab import cli  # pylint: disable=g-import-not-at-top
   cli.define_config_flags(os.path.abspath(__file__))
-  cli.main(steps_to_target.main)
+  cli.main(main)

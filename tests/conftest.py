@@ -4,7 +4,9 @@ Tests that mean one device say so with the `mesh1` fixture; data-parallel tests 
 `mesh8`. Subprocess tests (launchers) set their own device count.
 """
 
+import importlib.util
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -16,6 +18,19 @@ from sgdlab import config as config_lib  # noqa: E402
 from sgdlab.train import step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def experiment(name: str):
+  """experiments/<name>.py loaded by path (it is not a package), writing no bytecode."""
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.dont_write_bytecode = writes
+  return module
 
 
 @pytest.fixture(scope="session")

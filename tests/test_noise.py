@@ -1,10 +1,6 @@
 """Gradient noise scale: exact values against closed forms, the online estimate, the fit."""
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +9,6 @@ import optax
 import pytest
 
 import sgdlab
-from conftest import REPO, subprocess_env
 from sgdlab import models, noise
 from sgdlab import trainer
 from sgdlab.train import fixed_params, step
@@ -273,22 +268,6 @@ def test_windowed_curve_tracks_a_fast_change_where_the_ema_lags():
   np.testing.assert_allclose(exact[:40], 5 * np.exp(0.4 * s), rtol=1e-9)
 
 
-def test_noise_table_reports_the_window_estimates():
-  path = os.path.join(REPO, "experiments", "noise_checkpoints.py")
-  spec = importlib.util.spec_from_file_location("noise_checkpoints", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  ck = dict(step=16, exact_b_simple=10.0, online_b_simple=10.5, online_b_simple_uncorrected=11.0,
-            ema_b_simple=20.0, window_b_simple=12.0, window_two_sided_b_simple=math.nan,
-            probe_b_simple=9.0)
-  text = module.noise_table(dict(noise_fixed_batches=400, noise_window=3, noise_half_width=2,
-                                 noise_probe_batches=4, checkpoints=[ck]))
-  assert "trend of last 3 steps (causal)" in text and "2 steps either side" in text
-  assert "probe in training, 4 batches" in text
-  assert text.splitlines()[-1] == ("| 16 | 10.0 | 10.5 (+5.0%) | 11.0 (+10.0%) | "
-                                   "20.0 (+100.0%) | 12.0 (+20.0%) | - | 9.0 (-10.0%) |")
-
-
 def test_b_simple_at_target_is_the_probe_around_it():
   from sgdlab.results import noise_figures  # pylint: disable=g-import-not-at-top
   noise_run = dict(n_train=160, batch_size=16, steps_per_epoch=10,
@@ -315,71 +294,3 @@ def test_fit_recovers_the_model_and_tolerates_noise():
   np.testing.assert_allclose(fit.steps([1.0]), fit.s_min * (1 + fit.b_noise), rtol=1e-12)
   with pytest.raises(ValueError):
     noise.fit_steps([4, 4], [10, 12])
-
-
-# ------------------------------------------------------ the steps-to-target experiment
-
-
-def _load_experiment():
-  path = os.path.join(REPO, "experiments", "steps_to_target.py")
-  spec = importlib.util.spec_from_file_location("steps_to_target", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_lr_walk_brackets_the_best_learning_rate():
-  stt = _load_experiment()
-  s = stt.get_config().steps_to_target
-  s.lr_factor, s.max_lrs = 2.0, 10
-  calls = []
-
-  def fake_run(lr, limit):  # steps fall with lr up to 0.4, lr > 1 diverges
-    calls.append((lr, limit))
-    if lr > 1:
-      return dict(k=8, learning_rate=lr, steps=None, status="diverged at step 3", wall_time=0.0)
-    steps = int(100 * abs(math.log2(lr / 0.4)) + 50)
-    ok = steps <= limit
-    return dict(k=8, learning_rate=lr, steps=steps if ok else None,
-                status="reached" if ok else "not reached", wall_time=0.0)
-
-  runs, best_j = stt.tune_k(fake_run, 8, 0.1, 0, s)
-  lrs = [r["learning_rate"] for r in runs]
-  assert 0.1 * 2 ** best_j == pytest.approx(0.4)
-  assert sorted(lrs) == lrs and len(set(lrs)) == len(lrs)
-  assert min(lrs) <= 0.2 and max(lrs) >= 0.8  # both neighbours of the best were tried
-  # After the first success every run is capped at the best so far minus one.
-  assert all(limit < 250 for _, limit in calls[1:])
-
-
-def test_experiment_rejects_bad_settings_with_exit_code_2(tmp_path):
-  script = os.path.join(REPO, "experiments", "steps_to_target.py")
-  proc = subprocess.run([sys.executable, script, f"--workdir={tmp_path / 'out'}",
-                         "--config.steps_to_target.metric=test_loss"],
-                        capture_output=True, text=True, env=subprocess_env(1), timeout=120)
-  assert proc.returncode == 2
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error:") and "steps_to_target.metric" in lines[0]
-  assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.slow
-def test_experiment_runs_end_to_end_on_tiny_data(tmp_path):
-  stt = _load_experiment()
-  c = stt.get_config()
-  c.data.name = "digits"
-  c.model.hidden = (32,)
-  c.learning_rate = 0.05
-  c.steps_to_target.batch_sizes = (4, 32, 256)
-  c.steps_to_target.target = 0.8
-  c.steps_to_target.noise_batch_size = 32
-  c.steps_to_target.noise_fixed_batches = 20
-  result = stt.experiment(c, str(tmp_path))
-  assert set(result["best"]) == {"4", "32", "256"}
-  steps = [result["best"][k]["steps"] for k in ("4", "32", "256")]
-  assert steps[0] > steps[2]  # more examples per step, fewer steps
-  assert result["fit"]["b_noise"] > 0
-  for name in ("results.json", "table.md", "steps_to_target.png", "noise_scale.png"):
-    assert (tmp_path / name).stat().st_size > 0
-  ckpt = result["noise"]["checkpoints"][0]
-  assert abs(ckpt["online_b_simple"] / ckpt["exact_b_simple"] - 1) < 0.5

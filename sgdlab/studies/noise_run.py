@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from sgdlab import config as config_lib
 from sgdlab import data, models, noise
 from sgdlab import trainer
-from sgdlab.train import program as program_lib
+from sgdlab.train import fixed_params, program as program_lib
 
 WINDOW = 3  # causal noise.windowed_curve: the last 3 per-step estimates
 HALF_WIDTH = 2  # post-hoc two-sided version: 2 estimates either side
@@ -92,9 +92,9 @@ def at_checkpoint(program: Any, state: Any, dataset: data.Dataset, mesh: Mesh, k
                    unit.y_train)
   t_exact = time.perf_counter() - t0
   t0 = time.perf_counter()
-  on = noise.online_at_fixed_params(program.train_step, mesh, state, unit.x_train,
-                                    dataset.y_train, batch_size=k, num_batches=num_batches,
-                                    seed=epoch, n_population=n)
+  on = fixed_params.online_at_fixed_params(program.train_step, mesh, state, unit.x_train,
+                                           dataset.y_train, batch_size=k,
+                                           num_batches=num_batches, seed=epoch, n_population=n)
   t_online = time.perf_counter() - t0
   raw_b = (on.trace_sigma * n / (n - 1)) / (on.grad_sq - on.trace_sigma / (n - 1))
   t, probe = int(state.step), curves["probe"]
@@ -152,3 +152,81 @@ def noise_run(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh: Me
               epoch_b_simple_trainer=list(history.epochs["noise_scale"]),
               noise_probe_batches=c.noise_probe_batches, epoch_b_simple_probe=curves["probe"],
               test_accuracy=list(history.epochs["test_accuracy"]), checkpoints=checkpoints)
+
+
+def _cell(v: float | None, ref: float) -> str:
+  if v is None or not math.isfinite(v):
+    return "-"
+  return f"{v:.1f} ({100 * (v / ref - 1):+.1f}%)"
+
+
+def noise_table(n: dict[str, Any]) -> str:
+  """Exact B_simple at the checkpoints against the online estimates; without
+  checkpoints (batch norm, language models), the online estimates per epoch."""
+  if not n["checkpoints"]:
+    return _epoch_table(n)
+  w, h = n.get("noise_window", WINDOW), n.get("noise_half_width", HALF_WIDTH)
+  rows = [f"| step | exact B_simple | online, {n['noise_fixed_batches']} batches at fixed "
+          f"params | same, without the finite-n correction | online EMA in training | "
+          f"online, trend of last {w} steps (causal) | same, {h} steps either side "
+          f"(post hoc) | probe in training, {n.get('noise_probe_batches', 0)} batches at the "
+          f"epoch's end |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for c in n["checkpoints"]:
+    ex = c["exact_b_simple"]
+    rows.append(f"| {c['step']} | {ex:.1f} | {_cell(c['online_b_simple'], ex)} | "
+                f"{_cell(c['online_b_simple_uncorrected'], ex)} | "
+                f"{_cell(c['ema_b_simple'], ex)} | {_cell(c.get('window_b_simple'), ex)} | "
+                f"{_cell(c.get('window_two_sided_b_simple'), ex)} | "
+                f"{_cell(c.get('probe_b_simple'), ex)} |")
+  return "\n".join(rows)
+
+
+def _epoch_table(n: dict[str, Any]) -> str:
+  fmt = lambda v: "-" if v is None or not math.isfinite(v) else f"{v:.1f}"
+  probe = n.get("epoch_b_simple_probe") or [math.nan] * len(n["test_accuracy"])
+  rows = [f"| epoch | B_simple, ratio of the epoch's mean estimates | the trainer's "
+          f"per-epoch figure (EMA) | probe, {n.get('noise_probe_batches', 0)} batches at "
+          f"the epoch's end | test accuracy | (k={n['batch_size']}, "
+          f"lr {n['learning_rate']:.3g}) |", "|---:|---:|---:|---:|---:|---|"]
+  rows += [f"| {e + 1} | {fmt(a)} | {fmt(b)} | {fmt(p)} | {t:.3f} | |"
+           for e, (a, b, p, t) in enumerate(zip(
+               n["epoch_b_simple_mean"], n["epoch_b_simple_trainer"], probe,
+               n["test_accuracy"]))]
+  return "\n".join(rows)
+
+
+COMPARE_HEAD = ("| noise_groups | probe batches | seed | per checkpoint step: exact B_simple; "
+                "error of the causal window, the EMA, the probe | within 20%: window, probe |\n"
+                "|---:|---:|---:|---|---:|")
+
+
+def compare_row(result: dict[str, Any], groups: int, probes: int, seed: int) -> str:
+  """One row of `compare`: how far each in-training estimate is from exact per checkpoint."""
+  cks = [x for x in result["checkpoints"] if x["step"]]
+  err = lambda v, x: 100 * (v / x["exact_b_simple"] - 1)
+  cells = "; ".join(
+      f"{x['step']}: {x['exact_b_simple']:.0f}; {err(x['window_b_simple'], x):+.0f}%, "
+      f"{err(x['ema_b_simple'], x):+.0f}%, {err(x['probe_b_simple'], x):+.0f}%" for x in cks)
+  hits = lambda key: sum(abs(err(x[key], x)) < 20 for x in cks)
+  return (f"| {groups} | {probes} | {seed} | {cells} | {hits('window_b_simple')}, "
+          f"{hits('probe_b_simple') if probes else '-'} of {len(cks)} |")
+
+
+def compare(config: ml_collections.ConfigDict, *, seeds: Sequence[int],
+            noise_groups: Sequence[int], probe_batches: Sequence[int], batch_size: int,
+            learning_rate: float, steps: int, mesh: Mesh) -> list[str]:
+  """The noise run of `config` over seeds x noise_groups x probe sizes, printed as a
+  table row by row (exact B_simple is the reference: few fixed-params batches)."""
+  dataset = data.load(config.data)  # the same examples for every run
+  print(COMPARE_HEAD)
+  rows = []
+  for groups in noise_groups:
+    for probes in probe_batches:
+      for seed in seeds:
+        c = config.copy_and_resolve_references()
+        c.seed, c.noise_groups = int(seed), int(groups)
+        c.steps_to_target.noise_probe_batches = int(probes)
+        r = noise_run(c, dataset, mesh, batch_size, learning_rate, steps)
+        rows.append(compare_row(r, groups, probes, seed))
+        print(rows[-1], flush=True)
+  return rows

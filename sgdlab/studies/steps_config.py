@@ -14,7 +14,6 @@ import ml_collections
 
 from sgdlab import config as config_lib
 from sgdlab.errors import ConfigError
-from sgdlab.train import step
 
 METRICS = ("test_accuracy", "train_loss", "validation_accuracy", "validation_loss",
            "validation_bits_per_byte")
@@ -114,7 +113,7 @@ def _check_counts(s: ml_collections.ConfigDict) -> None:
 
 def _check_noise_run(config: ml_collections.ConfigDict) -> None:
   s = config.steps_to_target
-  split = step.noise_groups_for(config.noise_groups, 1, False)  # the noise run: one device
+  split = config_lib.noise_groups_for(config.noise_groups, 1, False)  # one device
   if s.noise_batch_size < 0 or s.noise_batch_size % split:
     raise ConfigError("steps_to_target.noise_batch_size", s.noise_batch_size,
                       f"a multiple of {split} (one device splits the batch into "
