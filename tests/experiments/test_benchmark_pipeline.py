@@ -12,8 +12,8 @@ import conftest
 @pytest.mark.slow
 def test_the_pipeline_benchmark_reports_every_setting_with_equal_parameters():
   script = os.path.join(conftest.REPO, "experiments", "benchmark_pipeline.py")
-  proc = subprocess.run([sys.executable, script, "--models=mlp", "--epochs=1", "--repeats=1",
-                         "--n_train=512", "--batch_size=128"], env=conftest.subprocess_env(1),
+  proc = subprocess.run([sys.executable, script, f"--config={script}:small"],
+                        env=conftest.subprocess_env(1),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| mlp |")]

@@ -1,4 +1,5 @@
-"""The throughput benchmark's loops on a tiny problem, and the step change it led to.
+"""The throughput benchmark (sgdlab.studies.throughput) on a tiny problem, and the step
+change it led to.
 
 No timing is asserted: the script reports speed. These tests check that every loop
 runs and reports positive numbers, that the hand-written JAX loop does exactly the
@@ -6,34 +7,20 @@ SGD sgdlab does (so the benchmark compares like with like), and that the cheaper
 finiteness check in sgdlab.step still catches every non-finite gradient.
 """
 
-import importlib.util
-import os
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sgdlab import data
+from sgdlab.studies import baselines as loops
+from sgdlab.studies import bench as harness
+from sgdlab.studies import throughput as bench
 from sgdlab.train import step
 
-
-def _load_script():
-  path = os.path.join(REPO, "experiments", "benchmark_throughput.py")
-  spec = importlib.util.spec_from_file_location("benchmark_throughput", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load_script()
-loops = sys.modules["throughput_loops"]  # the script put experiments/ on sys.path
 HIDDEN = (32, 16)  # small and uneven: a transposed or misordered layer shows up
 
 
@@ -53,13 +40,13 @@ def test_benchmark_reports_positive_throughput_and_parity(mesh1, model, sizes):
                             cnn_steps=2 if model == "cnn" else 0, **sizes)
   (r,) = results
   assert r.n_train == (64 if model == "cnn" else 100)
-  for name in (bench.SGDLAB, bench.JAX_LOOP, bench.JAX_STEP):
+  for name in (harness.SGDLAB, loops.JAX_LOOP, loops.JAX_STEP):
     assert len(r.epoch_times[name]) == 2 and all(t > 0 for t in r.epoch_times[name])
     median, low, high = r.examples_per_sec(name)
     assert 0 < low <= median <= high
     assert np.isfinite(r.final_loss[name])
-  assert r.best_hand in (bench.JAX_LOOP, bench.JAX_STEP)
-  assert r.ratio(bench.SGDLAB)[0] > 0 and r.ratio(bench.SGDLAB, cpu=True)[0] > 0
+  assert r.best_hand in (loops.JAX_LOOP, loops.JAX_STEP)
+  assert r.ratio(harness.SGDLAB)[0] > 0 and r.ratio(harness.SGDLAB, cpu=True)[0] > 0
   # Same initial parameters and batch order: one epoch of each gives the same weights,
   # for the CNN too, whose sgdlab form computes the kernel gradient as a matmul.
   assert max(r.parity.values()) < 1e-5
@@ -77,13 +64,14 @@ def test_a_loop_far_slower_than_the_best_is_timed_once(mesh1):
 @pytest.mark.parametrize("pattern", ["scan", "step"])
 def test_sgdlab_and_jax_loops_keep_matching_over_epochs(mesh1, pattern):
   ds = _tiny_dataset()
-  sg = loops.make_sgdlab_loop(ds, 16, mesh1, lr=0.1, decay=1e-2, hidden=HIDDEN)
+  config = harness.bench_config("mlp", 16, 0.1, 1e-2, 0, hidden=HIDDEN)
+  sg = harness.RunEpochs(harness.create(config, ds, mesh1))
+  start = loops.as_hand_params(loops.sgdlab_params(sg.params(), "mlp"), "mlp", ds)
   jl = loops.make_jax_loop(ds, 16, lr=0.1, decay=1e-2, hidden=HIDDEN, pattern=pattern,
-                           params=bench.initial_params(sg, "mlp", {}, ds),
-                           device=mesh1.devices.flat[0])
+                           params=start, device=mesh1.devices.flat[0])
   for e in range(3):
     np.testing.assert_allclose(sg.run_epoch(e), jl.run_epoch(e), rtol=1e-5)
-  assert loops.max_param_diff(sg.params(), jl.params()) < 1e-5
+  assert harness.max_param_diff(loops.sgdlab_params(sg.params(), "mlp"), jl.params()) < 1e-5
 
 
 def test_torch_loop_trains():
@@ -94,7 +82,7 @@ def test_torch_loop_trains():
   losses = [loop.run_epoch(e) for e in range(2)]
   assert all(np.isfinite(losses))
   assert [w.shape for w in before[::2]] == [(64, 32), (32, 16), (16, 10)]
-  assert loops.max_param_diff(before, loop.params()) > 0
+  assert harness.max_param_diff(before, loop.params()) > 0
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])

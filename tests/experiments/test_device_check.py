@@ -1,12 +1,11 @@
 """The accelerator check's --smoke mode: every code path it takes on a GPU, on CPU."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 import zipfile
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, experiment, subprocess_env
 
 SCRIPT = os.path.join(REPO, "experiments", "device_check.py")
 
@@ -27,9 +26,7 @@ def test_smoke_prints_every_table():
 
 
 def test_wheels_are_imported_from_the_wheel_folder(tmp_path):
-  spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = experiment("device_check")
   with zipfile.ZipFile(tmp_path / "probe_pkg-1.0-py3-none-any.whl", "w") as z:
     z.writestr("probe_pkg/__init__.py", "VALUE = 42\n")
   before = list(sys.path)
