@@ -5,11 +5,14 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import REPO, experiment, subprocess_env
 
 SCRIPT = os.path.join(REPO, "experiments", "device_check.py")
 
 
+@pytest.mark.slow  # about 70 s on 2 cores; tests/studies runs each of its engines
 def test_smoke_prints_every_table():
   r = subprocess.run([sys.executable, SCRIPT, "--smoke"], capture_output=True, text=True,
                      env=subprocess_env(1), cwd=REPO, timeout=300)

@@ -7,6 +7,7 @@ The OOM tests run real train steps in child processes under an address-space lim
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import resource
 import subprocess
@@ -30,6 +31,12 @@ from sgdlab.errors import ConfigError
 
 def estimator_for(config, mesh) -> estimator.Estimator:
   return estimator.Estimator(config_lib.resolve(config, n_devices=mesh.size), mesh)
+
+
+@functools.cache
+def oom_estimator(model: str, mesh) -> estimator.Estimator:
+  """One estimator per OOM model, shared by the tests below: it caches each k it compiled."""
+  return estimator_for(oom_config(model), mesh)
 
 
 # ------------------------------------------------------------------ pure parts
@@ -313,7 +320,7 @@ def check_against_real_oom(config, est, budget_bytes: int) -> tuple[int, int]:
 def test_compile_mode_matches_real_out_of_memory(model, powers, mesh1):
   """One budget per model in the default suite; three each with -m slow."""
   config = oom_config(model)
-  est = estimator_for(config, mesh1)
+  est = oom_estimator(model, mesh1)
   budgets = agreement_budgets(est, powers)
   for b in budgets:  # compile in this thread; the children then run two at a time
     search.find_batch_size(config, budget(b), estimator=est)
@@ -354,7 +361,7 @@ def test_allocation_failures_count_as_out_of_memory(text, oom):
 def test_auto_batch_size_trains_under_the_limit_it_measured(mesh1):
   # The child measures its own budget (RLIMIT_AS minus what it maps), searches, trains.
   config = oom_config("cnn")
-  b = agreement_budgets(estimator_for(config, mesh1), [2048])[0]
+  b = agreement_budgets(oom_estimator("cnn", mesh1), [2048])[0]
   result = train_under_limit(config, b, batch_size="auto")
   assert 2048 <= result["config"]["batch_size"] < 4096 and result["acc"] > 0
 
@@ -366,7 +373,7 @@ def test_compile_mode_matches_the_whole_trial_procedure(model, mesh1):
   a real out-of-memory failure, at each budget; then the exact k and batch_size="auto".
   """
   config = oom_config(model)
-  est = estimator_for(config, mesh1)
+  est = oom_estimator(model, mesh1)
   powers = OOM_POWERS[model]
   for p, b in zip(powers, agreement_budgets(est, powers)):
     report = search.find_batch_size(config, budget(b), estimator=est)
@@ -390,7 +397,7 @@ def test_trial_mode_under_an_inherited_limit_agrees_with_compile_mode(tmp_path, 
       f"def get_config():\n  return from_dict({config_lib.to_dict(config)!r})\n")
   base = int(subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
                             env=subprocess_env(1), check=True).stdout.split()[-1])
-  limit = base + agreement_budgets(estimator_for(config, mesh1), [4096])[0]
+  limit = base + agreement_budgets(oom_estimator("mlp", mesh1), [4096])[0]
   answers = {}
   for method in ("compile", "trial"):
     r = subprocess.run(

@@ -45,7 +45,7 @@ def _hand_loss(model, params, tokens: np.ndarray, starts: np.ndarray, seq_len: i
   """Mean next-token cross-entropy over every token of the windows, in numpy."""
   pos = (starts[:, None] + np.arange(seq_len + 1)) % len(tokens)
   windows = tokens[pos].astype(np.int32)
-  logits = np.asarray(model.apply({"params": params}, jnp.asarray(windows[:, :-1])),
+  logits = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(windows[:, :-1])),
                       np.float64)
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
@@ -69,11 +69,14 @@ def test_the_step_loss_is_the_mean_per_token_cross_entropy(corpus, mesh1):
   pos = (starts[:, None] + np.arange(9)) % len(tokens)
   windows = jnp.asarray(tokens[pos].astype(np.int32))
 
+  def loss(p, w):
+    logits = run.program.model.apply({"params": p}, w[:, :-1])
+    return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), w[:, 1:, None], -1))
+
+  grad = jax.jit(jax.grad(loss))  # compiled: op-by-op, a transformer's gradient is slow
+
   def sq_norm_of_mean_grad(w):
-    def loss(p):
-      logits = run.program.model.apply({"params": p}, w[:, :-1])
-      return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), w[:, 1:, None], -1))
-    return sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(jax.grad(loss)(state.params)))
+    return sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grad(state.params, w)))
 
   assert float(metrics["full"][0]) == 1.0
   assert float(metrics["b_small"][0]) == 4 and float(metrics["b_big"][0]) == 8
