@@ -6,6 +6,7 @@ and they are raised before anything compiles or is written.
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import os
@@ -56,18 +57,34 @@ def unwritable(path: str) -> str | None:
   Checked by doing it: the missing folders are made, a file is written and removed, then
   the folders made are removed again, so a place that passes a permission check but
   cannot be created (under /proc, a read-only bind mount) fails here, before anything
-  else is written, and a check that passes leaves nothing behind.
+  else is written, and a check that passes leaves nothing behind. Processes checking the
+  same place at once (the hosts of a multi-host run) all pass: a folder another one made
+  counts as made, one it has written into stays, and one it removed is looked at again.
   """
   path = os.path.abspath(path)
+  for _ in range(3):  # a folder another process removed under us: look again
+    why = _make_and_write(path)
+    if why is None or not why.endswith(os.strerror(errno.ENOENT)):
+      return why
+  return why
+
+
+def _make_and_write(path: str) -> str | None:
   made, at = [], path
   while not os.path.lexists(at):
     made.append(at)
     at = os.path.dirname(at)
   if not os.path.isdir(at):
     return f"{at} is not a folder"
+  ours = []  # another process (a second host, a parallel sweep) may make or fill them too
   try:
     for folder in reversed(made):
-      os.mkdir(folder)
+      try:
+        os.mkdir(folder)
+        ours.append(folder)
+      except FileExistsError:
+        if not os.path.isdir(folder):
+          raise
     probe = os.path.join(path, f".write-test-{os.getpid()}")
     with open(probe, "w"):
       pass
@@ -75,7 +92,11 @@ def unwritable(path: str) -> str | None:
   except OSError as e:
     return f"{e.filename or path}: {e.strerror}"
   finally:
-    for folder in made:
-      if os.path.isdir(folder):
+    for folder in reversed(ours):
+      try:
         os.rmdir(folder)
+      except FileNotFoundError:
+        continue
+      except OSError:  # not empty: someone else writes there now, so it stays
+        break
   return None

@@ -70,3 +70,44 @@ def test_loading_a_config_file_writes_no_bytecode_beside_it(tmp_path):
   r = _launch(tmp_path, "--config.num_epochs=0")  # refused after the file was loaded
   assert r.returncode == 2, r.stderr[-2000:]
   assert os.listdir(tmp_path / "configs") == ["tiny.py"]
+
+
+def test_a_folder_another_process_makes_at_once_passes(tmp_path, monkeypatch):
+  """Two hosts check one cache_dir together: the folder the other made counts as made."""
+  real_mkdir = os.mkdir
+
+  def beaten_to_it(folder, *args):
+    real_mkdir(folder, *args)  # the other process got there first
+    raise FileExistsError(17, "File exists", folder)
+
+  monkeypatch.setattr(os, "mkdir", beaten_to_it)
+  assert unwritable(str(tmp_path / "cache")) is None
+  assert (tmp_path / "cache").is_dir()  # theirs, so it stays
+
+
+def test_a_folder_another_process_writes_into_stays_and_passes(tmp_path, monkeypatch):
+  real_mkdir = os.mkdir
+
+  def then_filled(folder, *args):
+    real_mkdir(folder, *args)
+    if folder.endswith("b"):
+      (tmp_path / "a" / "b" / "shard-0").write_text("")  # the other host's cache
+
+  monkeypatch.setattr(os, "mkdir", then_filled)
+  assert unwritable(str(tmp_path / "a" / "b")) is None
+  assert os.listdir(tmp_path / "a" / "b") == ["shard-0"]
+
+
+def test_a_folder_removed_under_the_check_is_looked_at_again(tmp_path, monkeypatch):
+  """The other process removed the folder it made while this one wrote its probe."""
+  real_open, removed = open, []
+
+  def open_once_gone(file, *args, **kwargs):
+    if ".write-test-" in str(file) and not removed:
+      removed.append(os.path.dirname(file))
+      raise FileNotFoundError(2, os.strerror(2), file)
+    return real_open(file, *args, **kwargs)
+
+  monkeypatch.setattr("builtins.open", open_once_gone)
+  assert unwritable(str(tmp_path / "cache")) is None
+  assert removed and os.listdir(tmp_path) == []
