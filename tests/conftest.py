@@ -74,7 +74,8 @@ def at_default_codegen(request) -> bool:
   env = dict(os.environ, XLA_FLAGS=_LEVEL.sub("", os.environ["XLA_FLAGS"]).strip() +
              " --xla_backend_optimization_level=3")
   r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-                      request.node.nodeid], cwd=REPO, env=env, capture_output=True, text=True)
+                      "-m", request.config.option.markexpr, request.node.nodeid],  # as chosen here
+                     cwd=REPO, env=env, capture_output=True, text=True)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
   return False
 
