@@ -73,7 +73,7 @@ class History:
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
   def to_json(self) -> str:
-    return json.dumps(_finite_or_null(self.to_dict()), indent=1)
+    return json.dumps(finite_or_null(self.to_dict()), indent=1)
 
   @classmethod
   def from_json(cls, text: str) -> "History":
@@ -95,12 +95,12 @@ class History:
     return figures.history_figure(self, path)
 
 
-def _finite_or_null(x: Any) -> Any:
+def finite_or_null(x: Any) -> Any:
   """JSON has no NaN/Inf: write them as null (a diverged loss is worth keeping)."""
   if isinstance(x, dict):
-    return {k: _finite_or_null(v) for k, v in x.items()}
+    return {k: finite_or_null(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_finite_or_null(v) for v in x]
+    return [finite_or_null(v) for v in x]
   if isinstance(x, (float, np.floating)):
     return float(x) if math.isfinite(x) else None
   if isinstance(x, np.integer):

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.memory import auto
+from sgdlab.results import history
 from sgdlab.studies import lr_tuning, noise_run, scaling_fit, steps_config
 from sgdlab.train import loop, run as run_lib, step
 
@@ -157,7 +158,7 @@ def write(result: dict[str, Any], workdir: str, text: str,
   from sgdlab.results import noise_figures  # pylint: disable=g-import-not-at-top  (matplotlib)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(_finite(result), f, indent=1)
+    json.dump(history.finite_or_null(result), f, indent=1)
   noise_text = noise_run.noise_table(result["noise"]) if result["noise"] else ""
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(text + "\n\n" + noise_text + "\n")
@@ -172,13 +173,3 @@ def write(result: dict[str, Any], workdir: str, text: str,
   echo(f"sweep {seconds['sweep']:.0f}s, noise run {seconds['noise']:.0f}s; outputs in "
        f"{workdir}")
 
-
-def _finite(x: Any) -> Any:
-  """JSON has no inf or nan: None in their place."""
-  if isinstance(x, dict):
-    return {k: _finite(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_finite(v) for v in x]
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  return x
