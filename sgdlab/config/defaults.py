@@ -57,5 +57,11 @@ def default_config() -> ml_collections.ConfigDict:
       product=ml_collections.ConfigDict(),  # field -> tuple of values, all combinations
       zip=ml_collections.ConfigDict(),  # field -> tuple of values, taken in lockstep
       points=(),  # tuple of dicts of overrides, each one run (after product and zip)
+      # Quasi-random trials (sgdlab.sweep.search), multiplied with the three above.
+      search=ml_collections.ConfigDict(dict(
+          trials=0,  # 0: no search
+          seed=0,  # of the sequence's scrambling
+          space=ml_collections.ConfigDict(),  # field -> dict(min, max, scale) | dict(choices)
+      )),
   ))
   return c

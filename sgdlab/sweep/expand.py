@@ -1,7 +1,9 @@
 """Sweep expansion: one config with a `sweep` section -> the list of runs (points).
 
 `config.sweep.product` crosses its axes, `config.sweep.zip` steps its axes in lockstep,
-and `config.sweep.points` lists explicit runs; the three multiply. Axes are nested like
+`config.sweep.points` lists explicit runs, and `config.sweep.search` draws quasi-random
+trials (`sgdlab.sweep.search`); the four multiply, so a product over k times N trials
+runs the same N draws at every k, as Shallue et al. (2018) tune. Axes are nested like
 the config (`sweep.product.model.name = ("mlp", "cnn")`), so a flag can override them:
 `--config.sweep.product.batch_size="(32, 256)"`.
 
@@ -23,6 +25,7 @@ import ml_collections
 from sgdlab import config as config_lib
 from sgdlab.config import set_field
 from sgdlab.errors import ConfigError
+from sgdlab.sweep import search
 
 # Short names for the fields a batch-size study varies, used in readable point ids.
 _ID_NAMES = {"batch_size": "k", "learning_rate": "lr", "lr_decay": "decay", "seed": "seed"}
@@ -34,6 +37,7 @@ class Point:
   id: str  # "<readable>-<hash of the resolved config>"; a folder name
   overrides: dict[str, Any]  # dotted field -> value
   config: ml_collections.ConfigDict  # resolved: sweep section emptied
+  trial: int | None = None  # the quasi-random trial it runs (config.sweep.search)
 
 
 def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -84,6 +88,8 @@ def expand(config: ml_collections.ConfigDict) -> list[Point]:
     if not isinstance(p, dict):
       raise ConfigError(f"sweep.points[{i}]", p, "a dict of field -> value")
 
+  search.validate(config.sweep.search, config, swept=[p for p, _ in product + zipped])
+  drawn = list(enumerate(search.trials(config.sweep.search))) or [(None, {})]
   grid = [dict(zip([p for p, _ in product], combo))
           for combo in itertools.product(*[v for _, v in product])]
   lockstep = ([dict(zip([p for p, _ in zipped], combo)) for combo in zip(*[v for _, v in zipped])]
@@ -92,10 +98,11 @@ def expand(config: ml_collections.ConfigDict) -> list[Point]:
   base.sweep.product = ml_collections.ConfigDict()
   base.sweep.zip = ml_collections.ConfigDict()
   base.sweep.points = ()
+  base.sweep.search.trials, base.sweep.search.space = 0, ml_collections.ConfigDict()
 
   out, seen = [], {}
-  for explicit, g, z in itertools.product(points, grid, lockstep):
-    overrides = {**g, **z, **{k: v for k, v in explicit.items()}}
+  for explicit, g, z, (trial, t) in itertools.product(points, grid, lockstep, drawn):
+    overrides = {**g, **z, **{k: v for k, v in explicit.items()}, **t}
     resolved = copy.deepcopy(base)
     for path, value in overrides.items():
       set_field(resolved, path, value, where=f"sweep field {path}")
@@ -103,8 +110,10 @@ def expand(config: ml_collections.ConfigDict) -> list[Point]:
     if digest in seen:
       continue  # the same run twice (e.g. a point repeating the base); run it once
     seen[digest] = True
-    point_id = f"{_readable(overrides)}-{digest}"
-    out.append(Point(index=len(out), id=point_id, overrides=overrides, config=resolved))
+    named = {k: v for k, v in overrides.items() if k not in t}
+    label = f"trial{trial}_{_readable(named)}" if trial is not None else _readable(overrides)
+    out.append(Point(index=len(out), id=f"{label[:80]}-{digest}", overrides=overrides,
+                     config=resolved, trial=trial))
   return out
 
 
@@ -112,6 +121,8 @@ def axes(config: ml_collections.ConfigDict) -> dict[str, str]:
   """The fields the sweep sets, each with the sweep section that sets it."""
   found = {path: f"sweep.product.{path}" for path, _ in _leaves(config.sweep.product)}
   found.update({path: f"sweep.zip.{path}" for path, _ in _leaves(config.sweep.zip)})
+  found.update({path: "sweep.search.space"
+                for path, _ in search.fields(config.sweep.search.space)})
   for i, p in enumerate(config.sweep.points):
     if isinstance(p, dict):
       found.update({path: f"sweep.points[{i}]" for path in p})

@@ -288,6 +288,8 @@ def _bad_cases(tmp_path):
        "config.sweep.product.learning_rate=() is invalid: a non-empty tuple"),
       ("unknown field", ["--config.learning_rat=0.1"], {},
        "--config.learning_rat=0.1 is invalid: the config has no field 'learning_rat'"),
+      ("search without a space", ["--config.sweep.search.trials=3"], {},
+       "config.sweep.search.space={} is invalid: at least one field for 3 trials"),
       ("lr zero", ["--config.sweep.product.learning_rate=(0.5, 0.0)"], {},
        "config.learning_rate=0.0 is invalid: a finite number > 0"),
       ("missing IDX", ["--config.data.name=mnist", f"--config.data.dir={empty}"], {},
