@@ -7,9 +7,10 @@ updates already taken (0 for the first, as in optax and Keras), to lr_t, and equ
 peak learning rate at count 0 of its own clock (after any warmup). optax provides the
 formulas it has; Keras' inverse-time decay it has not.
 
-The optimizer is split the same way: `direction(cfg)` is optax's transformation without
-`scale_by_learning_rate`, and the step applies `-lr_t * d_t` (`apply_lr`). For a
-constant lr that is exactly optax.sgd / optax.adam.
+The optimizer is built the same way: `optimizer(cfg)` is optax's chain with the lr
+passed to its update (`lr=lr_t`, `scale_by_lr`) where optax's alias has
+`scale_by_learning_rate`, so each equals its optax alias (optax.sgd, adam, adamw, lars,
+lamb) at any lr while lr_t stays a traced number from the state.
 """
 
 from __future__ import annotations
@@ -150,42 +151,103 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, rule: str,
   return learning_rate * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
-# ----------------------------------------------------------------- directions
+# ----------------------------------------------------------------- optimizers
 
 
 def optimizer_config() -> ml_collections.ConfigDict:
-  """config.optimizer: plain SGD; the other fields are used by their optimizers."""
+  """config.optimizer: plain SGD; each other field is read by the optimizers `FIELDS` names."""
   return ml_collections.ConfigDict(dict(
       name="sgd",
-      momentum=0.9,  # momentum, nesterov
-      b1=0.9,  # adam
-      b2=0.999,  # adam
-      eps=1e-8,  # adam
-      weight_decay=0.0,  # L2: wd * w added to the gradient before the direction
+      momentum=0.9,  # momentum, nesterov, lars
+      b1=0.9,  # adam, adamw, lamb
+      b2=0.999,  # adam, adamw, lamb
+      eps=1e-8,  # adam, adamw, lamb (You et al. 2019 use 1e-6 for LAMB)
+      trust_coefficient=0.001,  # lars: eta in eta * |w| / |g + wd w|
+      trust_eps=0.0,  # lars: added to the trust ratio's denominator
+      # sgd, momentum, nesterov, adam: L2, wd * w added to the gradient first (PyTorch,
+      # Goyal et al. 2017). adamw, lamb: decoupled, added to the direction (Loshchilov &
+      # Hutter 2019). lars: added to the gradient inside the trust ratio (You et al. 2017).
+      weight_decay=0.0,
+      # Which parameters get weight decay (and, for lars and lamb, the trust ratio):
+      # "all", "matrices" (every parameter of 2 or more dimensions: no biases, no batch
+      # norm scales or offsets, as the LARS and LAMB papers exclude them), or "auto":
+      # matrices for adamw, lars and lamb, all for the others.
+      decay_params="auto",
+      clip_norm=0.0,  # > 0: clip the mean gradient to this global norm first (every optimizer)
   ))
 
 
-def direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The lr-free update direction d_t named by `cfg` (= config.optimizer, validated).
+# The fields each optimizer reads beside name, weight_decay, decay_params and clip_norm.
+FIELDS = {"sgd": (), "momentum": ("momentum",), "nesterov": ("momentum",),
+          "adam": ("b1", "b2", "eps"), "adamw": ("b1", "b2", "eps"),
+          "lars": ("momentum", "trust_coefficient", "trust_eps"), "lamb": ("b1", "b2", "eps")}
+OPTIMIZERS = tuple(FIELDS)
+DECAY_PARAMS = ("auto", "all", "matrices")
+_TRUSTED = ("adamw", "lars", "lamb")  # decay_params="auto" means matrices for these
 
-    sgd:      d_t = g_t
-    momentum: v_t = g_t + mu * v_{t-1},  d_t = v_t   (heavy ball, Polyak 1964)
-    nesterov: v_t = g_t + mu * v_{t-1},  d_t = g_t + mu * v_t
-              (Sutskever et al., On the importance of initialization and momentum in
-              deep learning, 2013)
-    adam:     d_t = m_hat_t / (sqrt(v_hat_t) + eps)  (Kingma & Ba, Adam, 2015)
 
-  Momentum follows optax.trace (v_0 = 0, no dampening), as optax.sgd does. With
-  weight_decay the gradient is g_t + wd * w_t before any of these, as PyTorch's SGD
-  (and Goyal et al. 2017) apply it to every parameter.
+def decay_mask(cfg: ml_collections.ConfigDict) -> Any:
+  """None (every parameter) or params -> a tree of bools, True where a parameter has 2 or
+  more dimensions: the parameters weight decay and the trust ratio apply to."""
+  which = cfg.decay_params
+  if which == "auto":
+    which = "matrices" if cfg.name in _TRUSTED else "all"
+  return None if which == "all" else (lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+
+
+def scale_by_lr() -> optax.GradientTransformationExtraArgs:
+  """updates -> -lr * updates, with lr passed to `update(..., lr=lr_t)`: the step computes
+  lr_t from the state's hyperparameters, so a population of lrs is one program."""
+
+  def update(updates, state, params=None, *, lr, **extra):
+    del params, extra
+    return apply_lr(updates, lr), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """The optimizer named by `cfg` (= config.optimizer, validated); its update takes the
+  step's lr_t as `lr=` and returns the parameter updates.
+
+    sgd:      -lr g
+    momentum: v_t = g_t + mu v_{t-1}, -lr v_t           (heavy ball, Polyak 1964)
+    nesterov: -lr (g_t + mu v_t)   (Sutskever et al., 2013)
+    adam:     -lr m_hat / (sqrt(v_hat) + eps)            (Kingma & Ba, 2015)
+    adamw:    -lr (adam's direction + wd w)              (Loshchilov & Hutter, 2019)
+    lamb:     -lr r (adam's direction + wd w), r = |w| / |adam's direction + wd w| per
+              parameter                                  (You et al., 2019)
+    lars:     v_t = mu v_{t-1} + lr eta |w| / |g + wd w| (g + wd w), -v_t
+              (You et al., 2017, Algorithm 1)
+  Every form but LARS's applies the lr last, as optax's aliases do, so it equals them under
+  any schedule. LARS multiplies by the lr before the momentum trace, as its paper and
+  optax.lars do; lr-last would differ whenever lr_t changes. With momentum and the L2
+  optimizers, wd w is added to the gradient before the direction. clip_norm clips the
+  mean gradient first. Momentum follows optax.trace (v_0 = 0, no dampening).
   """
-  if cfg.name == "sgd":
-    tx = optax.identity()
-  elif cfg.name in ("momentum", "nesterov"):
-    tx = optax.trace(decay=cfg.momentum, nesterov=cfg.name == "nesterov")
+  mask, name = decay_mask(cfg), cfg.name
+  decay = [optax.add_decayed_weights(cfg.weight_decay, mask)] if cfg.weight_decay else []
+  clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+
+  def trust(coefficient: float = 1.0, eps: float = 0.0) -> optax.GradientTransformation:
+    ratio = optax.scale_by_trust_ratio(trust_coefficient=coefficient, eps=eps)
+    return ratio if mask is None else optax.masked(ratio, mask)
+
+  adam = lambda: optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)  # noqa: E731
+  if name == "lars":
+    return optax.chain(*clip, *decay, trust(cfg.trust_coefficient, cfg.trust_eps),
+                       scale_by_lr(), optax.trace(decay=cfg.momentum))
+  if name == "adamw":
+    parts = [adam(), *decay]
+  elif name == "lamb":
+    parts = [adam(), *decay, trust()]
+  elif name == "adam":
+    parts = [*decay, adam()]
+  elif name in ("momentum", "nesterov"):
+    parts = [*decay, optax.trace(decay=cfg.momentum, nesterov=name == "nesterov")]
   else:
-    tx = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx) if cfg.weight_decay else tx
+    parts = decay
+  return optax.chain(*clip, *parts, scale_by_lr())
 
 
 def apply_lr(direction_updates: optax.Updates, lr: Any) -> optax.Updates:
@@ -194,11 +256,22 @@ def apply_lr(direction_updates: optax.Updates, lr: Any) -> optax.Updates:
 
 
 def validate_optimizer(cfg: ml_collections.ConfigDict) -> None:
-  """ConfigError naming the first invalid field of config.optimizer."""
+  """ConfigError naming the first invalid field of config.optimizer, or a field the chosen
+  optimizer does not read set away from its default (it would change nothing)."""
   if cfg.name not in OPTIMIZERS:
     raise ConfigError("optimizer.name", cfg.name, f"one of {', '.join(OPTIMIZERS)}")
+  defaults = optimizer_config()
+  for field in ("momentum", "b1", "b2", "eps", "trust_coefficient", "trust_eps"):
+    if field not in FIELDS[cfg.name] and cfg[field] != defaults[field]:
+      raise ConfigError(f"optimizer.{field}", cfg[field],
+                        f"left at {defaults[field]!r}: {cfg.name} has no {field} (its "
+                        f"fields: {', '.join(FIELDS[cfg.name] or ('none',))})")
   for field in ("momentum", "b1", "b2"):
     check_number(f"optimizer.{field}", cfg[field], low=0, high=1, high_open=True,
                  what="a number in [0, 1)")
   check_number("optimizer.eps", cfg.eps, low=0, strict=True, what="a number > 0")
-  check_number("optimizer.weight_decay", cfg.weight_decay, low=0, what="a number >= 0")
+  for field in ("weight_decay", "trust_coefficient", "trust_eps", "clip_norm"):
+    check_number(f"optimizer.{field}", cfg[field], low=0, what="a number >= 0")
+  if cfg.decay_params not in DECAY_PARAMS:
+    raise ConfigError("optimizer.decay_params", cfg.decay_params,
+                      f"one of {', '.join(DECAY_PARAMS)}")

@@ -5,13 +5,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import sgdlab
 from sgdlab import models, noise
 from sgdlab import trainer
 from sgdlab.train import fixed_params, step
+from sgdlab import optim
 
 
 # ------------------------------------------------------------------ linear regression
@@ -83,7 +83,7 @@ def test_exact_matches_closed_form_for_softmax_regression():
 
 
 def _state(params):
-  tx = optax.identity()
+  tx = optim.scale_by_lr()
   s = step.init_state(LINEAR, tx, (D,), seed=0, learning_rate=0.5, lr_decay=0.0)
   return s.replace(params=params), tx
 

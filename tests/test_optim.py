@@ -205,7 +205,7 @@ def test_scaling_fields_are_checked_when_the_config_is_resolved(field, value):
 
 def _run(tx_updates, n=5):
   """Params, and the per-step updates of `tx_updates` on a quadratic-ish loss."""
-  params = {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.asarray([0.1, -0.3])}
+  params = _params()
   loss = lambda p: jnp.sum(jnp.sin(p["w"]) ** 2) + jnp.sum(p["b"] ** 4)
   init, update = tx_updates
   state = init(params)
@@ -217,27 +217,81 @@ def _run(tx_updates, n=5):
   return out
 
 
-@pytest.mark.parametrize("name,reference", [
-    ("sgd", lambda lr: optax.sgd(lr)),
-    ("momentum", lambda lr: optax.sgd(lr, momentum=0.8)),
-    ("nesterov", lambda lr: optax.sgd(lr, momentum=0.8, nesterov=True)),
-    ("adam", lambda lr: optax.adam(lr, b1=0.8, b2=0.99, eps=1e-7)),
-])
-def test_direction_and_apply_lr_match_optax(name, reference):
-  lr = 0.05
+def _params():
+  return {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.asarray([0.1, -0.3])}
+
+
+def _ours(name, lrs=None, **fields):
+  """(init, update) of sgdlab's optimizer, lr_t = lrs[t] (constant 0.05 by default)."""
   cfg = optim.optimizer_config()
-  cfg.update(name=name, momentum=0.8, b1=0.8, b2=0.99, eps=1e-7)
-  d = optim.direction(cfg)
+  cfg.update(name=name, **fields)
+  tx, t = optim.optimizer(cfg), [0]
 
   def update(g, state, params):
-    u, state = d.update(g, state, params)
-    return optim.apply_lr(u, jnp.float32(lr)), state
+    lr = 0.05 if lrs is None else lrs[t[0]]
+    t[0] += 1
+    return tx.update(g, state, params, lr=jnp.float32(lr))
 
-  ours = _run((d.init, update))
-  ref = reference(lr)
-  theirs = _run((ref.init, ref.update))
+  return tx.init, update
+
+
+MATRICES = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+
+
+@pytest.mark.parametrize("name,fields,reference", [
+    ("sgd", {}, lambda lr: optax.sgd(lr)),
+    ("momentum", dict(momentum=0.8), lambda lr: optax.sgd(lr, momentum=0.8)),
+    ("nesterov", dict(momentum=0.8), lambda lr: optax.sgd(lr, momentum=0.8, nesterov=True)),
+    ("adam", dict(b1=0.8, b2=0.99, eps=1e-7), lambda lr: optax.adam(lr, b1=0.8, b2=0.99,
+                                                                     eps=1e-7)),
+    ("adamw", dict(b1=0.8, weight_decay=0.1),
+     lambda lr: optax.adamw(lr, b1=0.8, weight_decay=0.1, mask=MATRICES)),
+    ("adamw", dict(weight_decay=0.1, decay_params="all"),
+     lambda lr: optax.adamw(lr, weight_decay=0.1)),
+    ("lamb", dict(eps=1e-6, weight_decay=0.01, decay_params="all"),
+     lambda lr: optax.lamb(lr, eps=1e-6, weight_decay=0.01)),
+    ("lars", dict(weight_decay=0.01, trust_coefficient=0.002, momentum=0.8),
+     lambda lr: optax.lars(lr, weight_decay=0.01, weight_decay_mask=MATRICES,
+                           trust_coefficient=0.002, trust_ratio_mask=MATRICES, momentum=0.8)),
+    ("momentum", dict(clip_norm=0.5), lambda lr: optax.chain(
+        optax.clip_by_global_norm(0.5), optax.sgd(lr, momentum=0.9))),
+])
+def test_each_optimizer_equals_its_optax_alias(name, fields, reference):
+  ours = _run(_ours(name, **fields))
+  ref = reference(0.05)
+  for a, b in zip(ours, _run((ref.init, ref.update))):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=RTOL), a, b)
+
+
+def test_lamb_excludes_one_dimensional_parameters_from_decay_and_trust_ratio():
+  """With decay_params="auto" a bias gets Adam's own update; a matrix the trust ratio."""
+  ours = _run(_ours("lamb", weight_decay=0.01), n=1)[0]
+  adam = optax.adam(0.05)
+  plain = _run((adam.init, adam.update), n=1)[0]
+  np.testing.assert_allclose(ours["b"], plain["b"], rtol=RTOL)
+  w = _params()["w"]
+  direction = plain["w"] / -0.05 + 0.01 * w
+  expected = -0.05 * jnp.linalg.norm(w) / jnp.linalg.norm(direction) * direction
+  np.testing.assert_allclose(ours["w"], expected, rtol=1e-5)
+
+
+def test_lars_under_a_schedule_scales_by_the_lr_before_its_momentum_trace():
+  """Algorithm 1 of You et al. (2017): v_t = mu v_{t-1} + lr_t * trust * g; lr applied
+  after the trace instead would give lr_t * (mu v_{t-1} + trust * g)."""
+  lrs = [0.1, 0.05, 0.025]
+  ours = _run(_ours("lars", lrs=lrs, decay_params="all"), n=3)
+  paper = optax.lars(optax.piecewise_constant_schedule(0.1, {1: 0.5, 2: 0.5}))
+  theirs = _run((paper.init, paper.update), n=3)
   for a, b in zip(ours, theirs):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=RTOL), a, b)
+  late = optax.chain(optax.scale_by_trust_ratio(trust_coefficient=0.001), optax.trace(0.9))
+  state, params, g = late.init(_params()), _params(), None
+  loss = lambda p: jnp.sum(jnp.sin(p["w"]) ** 2) + jnp.sum(p["b"] ** 4)
+  for lr in lrs:
+    d, state = late.update(jax.grad(loss)(params), state, params)
+    g = optim.apply_lr(d, lr)
+    params = optax.apply_updates(params, g)
+  assert not np.allclose(g["w"], ours[-1]["w"], rtol=1e-3)
 
 
 def test_apply_lr_preserves_dtypes():
@@ -303,3 +357,21 @@ def test_optimizer_validate_rejects(field, value):
     optim.validate_optimizer(cfg)
   if field == "name":
     assert all(name in str(e.value) for name in optim.OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name,field,value,what", [
+    ("momentum", "b2", 0.99, "momentum has no b2"),
+    ("adam", "momentum", 0.5, "adam has no momentum"),
+    ("sgd", "trust_coefficient", 0.01, "sgd has no trust_coefficient"),
+    ("lamb", "b2", 1.0, "a number in [0, 1)"),
+    ("adamw", "eps", 0.0, "a number > 0"),
+    ("lars", "trust_coefficient", -0.001, "a number >= 0"),
+    ("momentum", "clip_norm", -1.0, "a number >= 0"),
+    ("lars", "decay_params", "biases", "one of auto, all, matrices"),
+])
+def test_a_field_the_optimizer_lacks_or_out_of_range_is_one_error(name, field, value, what):
+  cfg = optim.optimizer_config()
+  cfg.update(name=name, **{field: value})
+  with pytest.raises(ConfigError, match=f"config.optimizer.{field}=") as e:
+    optim.validate_optimizer(cfg)
+  assert what in str(e.value)

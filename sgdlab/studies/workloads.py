@@ -8,7 +8,7 @@ batches cut on the host. Both start from sgdlab's initial parameters and running
 averages and read the same batches; they agree closely but not bitwise (sgdlab's loss
 is a masked sum divided by the count where optax's is a mean; one scan over the epoch
 is fused differently from a step compiled on its own). The update is the same
-(optax.trace then -lr, as optax.sgd does; `sgdlab.optim.direction`).
+(optax.trace then -lr, as optax.sgd does; `sgdlab.optim.optimizer`).
 """
 
 from __future__ import annotations

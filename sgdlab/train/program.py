@@ -263,7 +263,7 @@ def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = No
     return optim.build_schedule(c.schedule, learning_rate, lr_decay, total_steps)(count)
 
   model = models.build(c.model, first.spec.num_classes, first.dtype, seq_len=first.spec.seq_len)
-  tx = optim.direction(c.optimizer)
+  tx = optim.optimizer(c.optimizer)
   make_step = functools.partial(step.make_train_step, model, tx, lr_fn, mesh,
                                 accumulation_steps=first.accumulation_steps,
                                 noise_scale=c.noise_scale, noise_groups=first.noise_groups,

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sgdlab import optim
 from sgdlab.config import noise_groups_for
 
 DATA = "data"
@@ -234,8 +233,8 @@ def apply_update(tx: optax.GradientTransformation, lr_fn: LrFn, state: TrainStat
   """One optimizer update from the mean gradient: (params, opt_state, lr_t). Its own
   function so the fixed-k planner can cost it apart from the micro-steps."""
   lr = lr_fn(state.step, state.hparams["learning_rate"], state.hparams["lr_decay"])
-  direction, opt_state = tx.update(grads, state.opt_state, state.params)
-  return optax.apply_updates(state.params, optim.apply_lr(direction, lr)), opt_state, lr
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, lr=lr)
+  return optax.apply_updates(state.params, updates), opt_state, lr
 
 
 def _guarded(state: TrainState, ok: jax.Array, params: Any, opt_state: Any,
@@ -271,8 +270,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
 
-  `tx` gives the update direction without the learning rate (sgdlab.optim); the
-  step scales it by -lr_t, with lr_t from the hyperparameters in the state. A loss or
+  `tx` is `sgdlab.optim.optimizer`: its update takes lr_t, which the step computes from
+  the hyperparameters in the state. A loss or
   gradient that is not finite freezes the state and records the step in diverged_at.
 
   accumulation_steps: micro-batches per device per update (module docstring).

@@ -11,7 +11,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -20,6 +19,7 @@ from sgdlab.studies import baselines as loops
 from sgdlab.studies import bench as harness
 from sgdlab.studies import throughput as bench
 from sgdlab.train import step
+from sgdlab import optim
 
 HIDDEN = (32, 16)  # small and uneven: a transposed or misordered layer shows up
 
@@ -112,7 +112,7 @@ class _InfiniteGradient(nn.Module):
 @pytest.mark.parametrize("mesh_name", ["mesh1", "mesh8"])
 def test_non_finite_gradient_with_finite_loss_freezes_the_state(mesh_name, request):
   mesh = request.getfixturevalue(mesh_name)
-  model, tx = _InfiniteGradient(), optax.identity()
+  model, tx = _InfiniteGradient(), optim.scale_by_lr()
   state = step.init_state(model, tx, (4,), seed=0, learning_rate=0.1, lr_decay=0.0)
   before = jax.device_get(state.params)
   train_step = jax.jit(step.make_train_step(model, tx, lambda c, lr, d: lr, mesh))

@@ -149,10 +149,10 @@ def test_a_resnet_population_is_its_members_run_alone(mesh1):
 def test_weight_decay_adds_wd_times_the_weights_to_the_gradient():
   cfg = optim.optimizer_config()
   cfg.weight_decay = 0.01
-  tx = optim.direction(cfg)
+  tx = optim.optimizer(cfg)
   params, grads = dict(w=jnp.array([2.0, -4.0])), dict(w=jnp.array([0.5, 0.5]))
-  d, _ = tx.update(grads, tx.init(params), params)
-  np.testing.assert_allclose(d["w"], [0.52, 0.46], rtol=1e-6)
+  u, _ = tx.update(grads, tx.init(params), params, lr=jnp.float32(1.0))
+  np.testing.assert_allclose(u["w"], [-0.52, -0.46], rtol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,field", [

@@ -5,12 +5,12 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import tiny_config
 from sgdlab import config as config_lib, models
 from sgdlab.train import program as program_lib, run as run_lib, step
+from sgdlab import optim
 
 LR_FN = lambda count, lr, decay: lr / (1.0 + decay * count)
 # Image models; the language model's precision and remat: tests/models/test_transformer.py.
@@ -86,7 +86,7 @@ def test_remat_needs_fewer_temp_bytes_in_a_deep_model(mesh1):
   temps = []
   for remat in (False, True):
     model = models.MLP(hidden=(256,) * 8, remat=remat)
-    tx = optax.identity()
+    tx = optim.scale_by_lr()
     state = step.init_state(model, tx, (8, 8, 1), seed=0, learning_rate=0.1, lr_decay=0.0)
     compiled = jax.jit(step.make_train_step(model, tx, LR_FN, mesh1)).lower(
         state, _batch((8, 8, 1), k=512)).compile()

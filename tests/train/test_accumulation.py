@@ -11,17 +11,18 @@ from sgdlab import config as config_lib, models
 from sgdlab.errors import ConfigError
 from sgdlab import trainer
 from sgdlab.train import step
+from sgdlab import optim
 
 MODEL = models.MLP(hidden=(16, 16), num_classes=10)
 LR_FN = lambda count, lr, decay: lr / (1.0 + decay * count)
 
 
-def _two_steps(mesh, accumulation, mask, noise_scale=False, noise_groups=0):
+def _two_steps(mesh, accumulation, mask, noise_scale=False, noise_groups=0, tx=None):
   rng = np.random.default_rng(0)
   batch = dict(x=rng.normal(size=(64, 6, 6, 1)).astype(np.float32),
                y=rng.integers(0, 10, 64).astype(np.int32), mask=mask)
   batch = jax.device_put(batch, NamedSharding(mesh, P(step.DATA)))
-  tx = optax.trace(0.9)  # momentum: the update depends on the accumulated gradient twice
+  tx = tx or optax.chain(optax.trace(0.9), optim.scale_by_lr())  # momentum: the update depends on the accumulated gradient twice
   state = step.init_state(MODEL, tx, (6, 6, 1), seed=0, learning_rate=0.5, lr_decay=1e-2)
   train_step = jax.jit(step.make_train_step(MODEL, tx, LR_FN, mesh, noise_scale=noise_scale,
                                             accumulation_steps=accumulation,
@@ -46,6 +47,18 @@ def test_four_micro_batches_give_the_update_of_one_step_at_full_k(n_devices, par
   np.testing.assert_allclose(acc_metrics["loss"], one_metrics["loss"], rtol=1e-6)
   assert float(acc_metrics["count"]) == float(mask.sum())
   np.testing.assert_allclose(acc_metrics["lr"], 0.5 / (1 + 1e-2 * 1), rtol=1e-7)
+
+
+def test_accumulation_with_adam_gives_the_update_of_one_step_at_full_k(mesh1):
+  """Adam's moments see the mean gradient once per update, accumulated or not."""
+  cfg = optim.optimizer_config()
+  cfg.name = "adam"
+  mask = np.ones(64, np.float32)
+  one, _ = _two_steps(mesh1, 1, mask, tx=optim.optimizer(cfg))
+  acc, _ = _two_steps(mesh1, 4, mask, tx=optim.optimizer(cfg))
+  for a, b in zip(jax.tree.leaves((acc.params, acc.opt_state)),
+                  jax.tree.leaves((one.params, one.opt_state))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("n_devices", [1, 8])

@@ -135,3 +135,13 @@ def test_a_population_resumes_from_its_checkpoint_bitwise(mesh1, tmp_path):
     assert a.epochs.get("wall_time", [])[:2] == b.epochs.get("wall_time", [])[:2]  # restored
     for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", ["adam", "lamb", "lars"])
+def test_an_adaptive_or_trust_ratio_population_matches_its_members_run_alone(name, mesh1):
+  """Their states hold moments (and LARS its lr-scaled trace): each member keeps its own."""
+  lrs = dict(adam=(1e-3, 3e-3), lamb=(1e-3, 1e-2), lars=(1.0, 3.0))[name]
+  configs = [tiny_config(learning_rate=lr, lr_decay=0.0, **{"optimizer.name": name})
+             for lr in lrs]
+  members = check_against_separate_runs(configs, mesh1)
+  assert members[0].steps["loss"][-1] != members[1].steps["loss"][-1]

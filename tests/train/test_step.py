@@ -9,6 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sgdlab import models
 from sgdlab.train import step
+from sgdlab import optim
 
 
 def _problem(n=64, seed=0):
@@ -51,7 +52,7 @@ def test_data_parallel_gradient_equals_full_batch_gradient(mesh8):
   _assert_trees_close(grad, _full_batch_grad(params, x, y))
 
 
-@pytest.mark.parametrize("optimizer", [optax.identity(), optax.trace(0.9)])
+@pytest.mark.parametrize("optimizer", [optim.scale_by_lr(), optax.chain(optax.trace(0.9), optim.scale_by_lr())])
 def test_one_step_on_eight_devices_equals_one_device(mesh1, mesh8, optimizer):
   x, y = _problem()
   results = []
@@ -84,7 +85,7 @@ def test_masked_batch_is_the_mean_over_real_examples(mesh8):
 
 def test_non_finite_loss_freezes_the_state_and_records_the_step(mesh1):
   x, y = _problem(n=8)
-  tx = optax.identity()
+  tx = optim.scale_by_lr()
   state = step.init_state(MODEL, tx, (6, 6, 1), seed=0, learning_rate=0.1, lr_decay=0.0)
   train_step = jax.jit(step.make_train_step(MODEL, tx, LR_FN, mesh1))
   good = _shard(mesh1, dict(x=x, y=y, mask=np.ones(8, np.float32)))

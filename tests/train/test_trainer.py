@@ -94,7 +94,7 @@ def test_k_larger_than_the_training_set_is_refused(mesh1):
     ("learning_rate", 0.0, "> 0"), ("learning_rate", -1.0, "> 0"), ("batch_size", 0, ">= 1"),
     ("lr_decay", -1e-3, ">= 0"), ("num_epochs", 0, ">= 1"), ("model.name", "vgg", "mlp"),
     ("data.name", "imagenet", "mnist"), ("schedule.name", "linear", "inverse_time"),
-    ("optimizer.name", "lamb", "sgd"), ("lr_scaling", "cube", "sqrt"),
+    ("optimizer.name", "adagrad", "lamb"), ("lr_scaling", "cube", "sqrt"),
 ])
 def test_validation_names_the_field_and_the_valid_values(field, value, words):
   with pytest.raises(ConfigError) as e:
