@@ -58,12 +58,16 @@ def section() -> ml_collections.ConfigDict:
   ))
 
 
-def draws(budget: ml_collections.ConfigDict, name: str) -> list[dict[str, Any]]:
-  """The N * S trials of one optimizer: its search space's draws, optimizer.name set."""
-  space = ml_collections.ConfigDict(dict(
+def _search(budget: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """One optimizer's search, as config.sweep.search holds one: N * S trials of its space."""
+  return ml_collections.ConfigDict(dict(
       trials=int(budget.trials) * int(budget.studies), seed=int(budget.seed),
       space=copy.deepcopy(budget.spaces[name])))
-  return [{"optimizer.name": name, **t} for t in search.trials(space)]
+
+
+def draws(budget: ml_collections.ConfigDict, name: str) -> list[dict[str, Any]]:
+  """The N * S trials of one optimizer: its search space's draws, optimizer.name set."""
+  return [{"optimizer.name": name, **t} for t in search.trials(_search(budget, name))]
 
 
 def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> None:
@@ -82,10 +86,7 @@ def validate(config: ml_collections.ConfigDict, n_train: int | None = None) -> N
       raise ConfigError("trial_budget.optimizers", name,
                         f"an optimizer with a space in trial_budget.spaces "
                         f"(spaces: {', '.join(b.spaces.keys()) or 'none'})")
-  for name in b.optimizers:
-    search.validate(ml_collections.ConfigDict(dict(
-        trials=int(b.trials) * int(b.studies), seed=int(b.seed), space=b.spaces[name])),
-        config, prefix=f"trial_budget.spaces.{name}")
+    search.validate(_search(b, name), config, prefix=f"trial_budget.spaces.{name}")
     for trial in draws(b, name):
       config_lib.resolve(trial_config(config, trial), n_devices=1)
 
