@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from sgdlab.config import fields
-from sgdlab.results import files
+from sgdlab.results import files, seed_stats
 from sgdlab.results.history import History
 
 _COLUMNS = (("run", "run"), ("k", "batch_size"), ("lr", "learning_rate"), ("decay", "lr_decay"),
@@ -51,36 +51,50 @@ def seed_groups(histories: Sequence[History]) -> list[list[History]]:
   return list(groups.values())
 
 
-def _group_cell(key: str, values: list) -> str:
-  """One seed: the value. Several: the mean, and the range in brackets."""
-  if len(values) == 1:
+_CONFIG_KEYS = ("run", "batch_size", "learning_rate", "lr_decay")
+# A diverged seed's loss and accuracies are not figures of training: they stay out.
+_TRAINED_KEYS = ("train_accuracy", "test_accuracy", "train_loss")
+
+
+def _group_cell(key: str, rows: list[dict]) -> str:
+  """One seed: the value. Several: a yes/no column as a rate with its 95% Wilson interval,
+  a figure as the median and interquartile range (the loss and accuracies over the seeds
+  that did not diverge)."""
+  values = [r[key] for r in rows]
+  if len(rows) == 1 or key in _CONFIG_KEYS or key == "seeds":
     return _cell(key, values[0])
   if isinstance(values[0], bool):
-    yes = sum(values)
-    return "yes" if yes == len(values) else ("no" if not yes else f"{yes} of {len(values)}")
-  if not isinstance(values[0], float) or key in ("batch_size", "learning_rate", "lr_decay"):
-    return _cell(key, values[0])
-  finite = [v for v in values if not math.isnan(v)]
-  if not finite:
+    return seed_stats.rate_cell(values)
+  if key in _TRAINED_KEYS:
+    values = [r[key] for r in rows if not r["diverged"]]
+  stats = seed_stats.median_iqr([float(v) for v in values])
+  if stats is None:
     return "-"
-  mean = _cell(key, float(np.mean(finite)))
-  return f"{mean} ({_cell(key, min(finite))}-{_cell(key, max(finite))})"
+  med, q1, q3 = (v if key != "epochs" else int(round(v)) for v in stats)
+  if q1 == q3:
+    return _cell(key, med)
+  return f"{_cell(key, med)} [{_cell(key, q1)}-{_cell(key, q3)}]"
 
 
 def table(histories: Sequence[History], failed: Sequence[tuple[str, str]] = (),
           unfinished: Sequence[tuple[str, str]] = ()) -> str:
-  """Markdown table, one row per run, or per group of runs that differ only in the seed
-  (mean and range over the seeds); failed runs (name, error) and unfinished ones (name,
-  status) are listed beneath."""
+  """Markdown table, one row per run, or per group of runs that differ only in the seed:
+  there the rates of divergence and of a loss that rose or diverged (with 95% Wilson
+  intervals) and the median [interquartile range] of each figure. Failed runs (name,
+  error) and unfinished ones (name, status) are listed beneath."""
   groups = seed_groups(histories)
   seeded = any(len(g) > 1 for g in groups)
   columns = _COLUMNS[:4] + ((("seeds", "seeds"),) if seeded else ()) + _COLUMNS[4:]
+  if seeded:
+    columns = tuple(("not monotone", "not_monotone") if k == "monotone" else (h, k)
+                    for h, k in columns)
   lines = ["| " + " | ".join(h for h, _ in columns) + " |",
            "|" + "|".join("---" for _ in columns) + "|"]
   for group in groups:
-    rows = [dict(h.summary(), seeds=len(group)) for h in group]
-    lines.append("| " + " | ".join(_group_cell(k, [r[k] for r in rows]) for _, k in columns)
-                 + " |")
+    # A seed that diverged within its first epoch has one epoch's loss: it counts as rising.
+    rows = [dict(s, seeds=len(group), not_monotone=s["diverged"] or not s["monotone"])
+            for s in (h.summary() for h in group)]
+    lines.append("| " + " | ".join(_group_cell(k, rows) for _, k in columns) + " |")
   label = lambda h, g: (f"{h.name} (seed {h.config.get('seed')})" if len(g) > 1 else h.name)
   notes = [f"- {label(h, g)}: {note}" for g in groups for h in g for note in h.diagnostics]
   notes += [f"- {name}: FAILED: {error}" for name, error in failed]

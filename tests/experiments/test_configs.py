@@ -45,9 +45,10 @@ def test_launch_configs_run_their_small_variant(tmp_path, name, points):
   assert (tmp_path / "summary.md").read_text().count("\n| ") >= 2
 
 
-def test_the_classic_experiment_runs_three_seeds_by_default():
+def test_the_classic_experiment_runs_ten_seeds_as_populations_by_default():
   config = experiment("classic_batch_size").get_config()
-  assert tuple(config.sweep.product.seed) == (0, 1, 2) and len(config.sweep.points) == 5
+  assert tuple(config.sweep.product.seed) == tuple(range(10)) and len(config.sweep.points) == 5
+  assert config.population
 
 
 def test_fit_config_small_variant(tmp_path):
