@@ -26,7 +26,8 @@ import optax
 
 from sgdlab.errors import ConfigError, check_number
 
-SCHEDULES = ("constant", "inverse_time", "exponential", "cosine", "step")
+SCHEDULES = ("constant", "inverse_time", "exponential", "cosine", "polynomial", "step")
+WARMUP_FROM = ("fraction", "base")
 SCALING_RULES = ("none", "linear", "sqrt")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
@@ -56,12 +57,16 @@ def schedule_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="inverse_time",
       warmup_steps=0,  # linear warmup length in steps; 0 disables it
+      warmup_epochs=0.0,  # or in epochs (rounded to whole steps); not both
+      warmup_from="fraction",  # fraction: start at warmup_init * lr; base: at the lr
+      #                          before lr_scaling (Goyal et al.'s gradual warmup)
       warmup_init=0.0,  # warmup starts at warmup_init * lr
       decay_rate=0.96,  # exponential: factor per transition_steps
       transition_steps=1000,  # exponential
       staircase=False,  # exponential: decay in whole transitions
-      decay_steps=0,  # cosine length; 0 = total_steps - warmup_steps
-      alpha=0.0,  # cosine: final rate as a fraction of lr
+      decay_steps=0,  # cosine, polynomial: length; 0 = total_steps - warmup_steps
+      alpha=0.0,  # cosine, polynomial: final rate as a fraction of lr
+      power=2.0,  # polynomial: the exponent (2 in You et al.'s LARS runs and MLPerf)
       boundaries=(),  # step: updates at which lr is multiplied by factor
       factor=0.1,  # step
   ))
@@ -77,9 +82,13 @@ def build_schedule(cfg: ml_collections.ConfigDict, learning_rate: Any, lr_decay:
     cosine:       lr * ((1 - alpha) * (1 + cos(pi * min(t, T) / T)) / 2 + alpha),
                   T = decay_steps or total_steps - warmup_steps  (Loshchilov & Hutter,
                   SGDR, 2017, without restarts)
+    polynomial:   lr * (alpha + (1 - alpha) * (1 - min(t, T) / T) ** power)  (You et al.,
+                  LARS, 2017; the MLPerf ResNet-50 LARS schedule, with warmup)
     step:         lr * factor ** #{b in boundaries : t >= b}   (Goyal et al., 2017)
   With warmup_steps W > 0, count < W ramps linearly from warmup_init * lr to lr
-  (Goyal et al., 2017), and count >= W gives the schedule at t = count - W.
+  (Goyal et al., 2017), and count >= W gives the schedule at t = count - W. Warmup in
+  epochs, or from the unscaled lr, is first turned into these two fields by
+  `resolve_warmup`.
   """
   name = cfg.name
   if name == "constant":
@@ -90,8 +99,11 @@ def build_schedule(cfg: ml_collections.ConfigDict, learning_rate: Any, lr_decay:
     schedule = optax.exponential_decay(learning_rate, cfg.transition_steps, cfg.decay_rate,
                                        staircase=cfg.staircase)
   elif name == "cosine":
-    schedule = optax.cosine_decay_schedule(learning_rate, cosine_steps(cfg, total_steps),
+    schedule = optax.cosine_decay_schedule(learning_rate, decay_length(cfg, total_steps),
                                            alpha=cfg.alpha)
+  elif name == "polynomial":
+    schedule = optax.polynomial_schedule(learning_rate, _f32(learning_rate) * cfg.alpha,
+                                         cfg.power, decay_length(cfg, total_steps))
   else:
     schedule = optax.piecewise_constant_schedule(
         learning_rate, {int(b): cfg.factor for b in cfg.boundaries})
@@ -102,17 +114,44 @@ def build_schedule(cfg: ml_collections.ConfigDict, learning_rate: Any, lr_decay:
   return lambda count: _f32(schedule(count))
 
 
-def cosine_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+def decay_length(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+  """T of the cosine and polynomial schedules: decay_steps, or the updates after warmup."""
   return cfg.decay_steps or total_steps - cfg.warmup_steps
 
 
-def validate_schedule(cfg: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
-  """ConfigError naming the first invalid field of config.schedule."""
+def resolve_warmup(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+                   lr_scale: float) -> ml_collections.ConfigDict:
+  """config.schedule with its warmup in steps from an initial fraction of lr.
+
+  warmup_epochs E becomes round(E * steps_per_epoch) steps. warmup_from="base" starts the
+  ramp at the lr before lr_scaling, lr / lr_scale (Goyal et al. 2017: from eta to k eta /
+  256 over 5 epochs), so that the scaling rule applies to the warmup as well.
+  """
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  if cfg.warmup_epochs:
+    out.warmup_steps, out.warmup_epochs = int(round(cfg.warmup_epochs * steps_per_epoch)), 0.0
+  if cfg.warmup_from == "base":
+    out.warmup_init, out.warmup_from = 1.0 / lr_scale, "fraction"
+  return out
+
+
+def validate_schedule(cfg: ml_collections.ConfigDict, total_steps: int | None = None,
+                      steps_per_epoch: int | None = None, lr_scale: float = 1.0) -> None:
+  """ConfigError naming the first invalid field of config.schedule; with total_steps, also
+  what the run's length decides (warmup within the run, a decay left after it), lr_scale
+  being lr_scaling's factor for this k."""
   if cfg.name not in SCHEDULES:
     raise ConfigError("schedule.name", cfg.name, f"one of {', '.join(SCHEDULES)}")
   check_number("schedule.warmup_steps", cfg.warmup_steps, low=0, integer=True,
                what="an integer >= 0")
+  check_number("schedule.warmup_epochs", cfg.warmup_epochs, low=0, what="a number >= 0")
+  if cfg.warmup_steps and cfg.warmup_epochs:
+    raise ConfigError("schedule.warmup_epochs", cfg.warmup_epochs,
+                      f"0 when warmup_steps={cfg.warmup_steps} is set (one of the two)")
+  if cfg.warmup_from not in WARMUP_FROM:
+    raise ConfigError("schedule.warmup_from", cfg.warmup_from, f"one of {list(WARMUP_FROM)}")
   check_number("schedule.warmup_init", cfg.warmup_init, low=0, high=1, what="a number in [0, 1]")
+  check_number("schedule.power", cfg.power, low=0, strict=True, what="a number > 0")
   check_number("schedule.decay_rate", cfg.decay_rate, low=0, strict=True, what="a number > 0")
   check_number("schedule.transition_steps", cfg.transition_steps, low=0, strict=True,
                integer=True, what="an integer > 0")
@@ -128,11 +167,29 @@ def validate_schedule(cfg: ml_collections.ConfigDict, total_steps: int | None = 
       or any(x >= y for x, y in zip(b, b[1:]))):
     raise ConfigError("schedule.boundaries", b, "a strictly increasing sequence of integers > 0")
   check_number("schedule.factor", cfg.factor, low=0, strict=True, what="a number > 0")
-  if cfg.name == "cosine" and total_steps is not None and cosine_steps(cfg, total_steps) <= 0:
+  if total_steps is not None:
+    _check_against_run(cfg, total_steps, steps_per_epoch or total_steps, lr_scale)
+
+
+def _check_against_run(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int,
+                       lr_scale: float) -> None:
+  """The checks that need the run's length and its lr scaling."""
+  warm = resolve_warmup(cfg, steps_per_epoch, max(lr_scale, 1e-30))
+  if warm.warmup_steps > total_steps:
+    field = "warmup_epochs" if cfg.warmup_epochs else "warmup_steps"
+    raise ConfigError(f"schedule.{field}", cfg[field],
+                      f"a warmup within the run's {total_steps} updates "
+                      f"({total_steps // steps_per_epoch} epochs of {steps_per_epoch}); "
+                      f"this is {warm.warmup_steps} updates")
+  if cfg.warmup_from == "base" and lr_scale < 1:
+    raise ConfigError("schedule.warmup_from", cfg.warmup_from,
+                      f"'fraction': lr_scaling lowers this k's lr (x{lr_scale:.3g}), so a "
+                      "warmup from the base lr would fall")
+  if cfg.name in ("cosine", "polynomial") and decay_length(warm, total_steps) <= 0:
     raise ConfigError("schedule.decay_steps", cfg.decay_steps,
-                      f"cosine needs decay_steps > 0; total_steps={total_steps} minus "
-                      f"warmup_steps={cfg.warmup_steps} leaves "
-                      f"{cosine_steps(cfg, total_steps)}")
+                      f"{cfg.name} needs decay_steps > 0; total_steps={total_steps} minus "
+                      f"warmup_steps={warm.warmup_steps} leaves "
+                      f"{decay_length(warm, total_steps)}")
 
 
 def scaled_learning_rate(learning_rate: float, batch_size: int, rule: str,

@@ -65,6 +65,9 @@ def _closed_form(cfg, lr, decay, total_steps, t):
     big_t = cfg.decay_steps or total_steps - w
     c = 0.5 * (1 + math.cos(math.pi * min(t, big_t) / big_t))
     return lr * ((1 - cfg.alpha) * c + cfg.alpha)
+  if cfg.name == "polynomial":
+    big_t = cfg.decay_steps or total_steps - w
+    return lr * (cfg.alpha + (1 - cfg.alpha) * (1 - min(t, big_t) / big_t) ** cfg.power)
   return lr * cfg.factor ** sum(t >= b for b in cfg.boundaries)
 
 
@@ -78,6 +81,9 @@ CASES = {
     "cosine": _cfg(name="cosine", alpha=0.1),
     "cosine_decay_steps": _cfg(name="cosine", decay_steps=250),
     "step": _cfg(name="step", boundaries=(100, 250), factor=0.1),
+    "polynomial": _cfg(name="polynomial", alpha=1e-3),
+    "polynomial_power1_decay_steps": _cfg(name="polynomial", power=1.0, decay_steps=250),
+    "warmup_polynomial": _cfg(name="polynomial", warmup_steps=100, alpha=1e-3),
     "warmup_cosine": _cfg(name="cosine", warmup_steps=100, warmup_init=0.1),
     "warmup_inverse_time": _cfg(name="inverse_time", warmup_steps=100),
     "warmup_step": _cfg(name="step", warmup_steps=100, boundaries=(150,)),
@@ -91,7 +97,7 @@ def test_build_matches_closed_form(case):
   expected = [_closed_form(cfg, lr, decay, total, t) for t in STEPS]
   # optax's cosine is 1 + cos(.), which cancels near the end of the decay: there the
   # error is relative to the peak rate, not to the (tiny) value.
-  atol = 1e-6 * lr if cfg.name == "cosine" or cfg.warmup_steps else 0.0
+  atol = 1e-6 * lr if cfg.name in ("cosine", "polynomial") or cfg.warmup_steps else 0.0
   _close([s(t) for t in STEPS], expected, rtol=RTOL, atol=atol)
   _close(s(jnp.asarray(STEPS, jnp.int32)), expected, rtol=RTOL, atol=atol)
   assert s(jnp.int32(3)).dtype == jnp.float32
@@ -106,6 +112,8 @@ def test_build_agrees_with_optax_schedules():
        optax.exponential_decay(0.3, 50, 0.9, staircase=True)),
       (_cfg(name="step", boundaries=(100, 500)),
        optax.piecewise_constant_schedule(0.3, {100: 0.1, 500: 0.1})),
+      (_cfg(name="polynomial", alpha=0.01, power=2.0),
+       optax.polynomial_schedule(0.3, 0.003, 2.0, 1000)),
   ]
   for cfg, reference in pairs:
     _close(optim.build_schedule(cfg, 0.3, 0.0, 1000)(t), reference(t), rtol=1e-5)
@@ -133,7 +141,7 @@ def test_step_boundaries_beyond_float32_integers():
 
 
 @pytest.mark.parametrize("name", ["constant", "inverse_time", "exponential",
-                                  "cosine", "step"])
+                                  "cosine", "polynomial", "step"])
 def test_warmup_ramps_linearly_then_hands_over(name):
   w, lr = 50, 0.8
   cfg = _cfg(name=name, warmup_steps=w, boundaries=(1,))
@@ -313,6 +321,9 @@ def test_defaults_validate():
     ("name", "linear_warmup"),
     ("warmup_steps", -1),
     ("warmup_init", 1.5),
+    ("warmup_epochs", -0.5),
+    ("warmup_from", "scaled"),
+    ("power", 0.0),
     ("decay_rate", 0.0),
     ("decay_rate", -0.5),
     ("transition_steps", 0),

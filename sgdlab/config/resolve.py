@@ -89,9 +89,18 @@ class Resolved:
   @property
   def learning_rate(self) -> float:
     """The base learning rate after the batch-size scaling rule (lr_scaling)."""
+    return self.config.learning_rate * self.lr_scale
+
+  @property
+  def lr_scale(self) -> float:
+    """lr_scaling's factor for this k (1 when lr_scaling is "none")."""
     c = self.config
-    return optim.scaled_learning_rate(c.learning_rate, self.batch_size, c.lr_scaling,
-                                      c.base_batch_size)
+    return optim.scaled_learning_rate(1.0, self.batch_size, c.lr_scaling, c.base_batch_size)
+
+  @property
+  def schedule(self) -> ml_collections.ConfigDict:
+    """config.schedule with its warmup in steps (warmup_epochs and warmup_from resolved)."""
+    return optim.resolve_warmup(self.config.schedule, self.steps_per_epoch, self.lr_scale)
 
   @property
   def name(self) -> str:
@@ -154,7 +163,8 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
     _check_auto_batch_norm(c)
   resolved = Resolved(c, spec, n_devices)
   if c.batch_size != "auto":
-    optim.validate_schedule(c.schedule, resolved.total_steps)
+    optim.validate_schedule(c.schedule, resolved.total_steps, resolved.steps_per_epoch,
+                            resolved.lr_scale)
   return resolved
 
 

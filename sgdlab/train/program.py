@@ -257,10 +257,10 @@ def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = No
   members = (members,) if isinstance(members, Resolved) else tuple(members)
   mesh = step.make_mesh() if mesh is None else mesh
   first = members[0]
-  c, total_steps = first.config, first.total_steps
+  c, total_steps, schedule = first.config, first.total_steps, first.schedule
 
   def lr_fn(count, learning_rate, lr_decay):
-    return optim.build_schedule(c.schedule, learning_rate, lr_decay, total_steps)(count)
+    return optim.build_schedule(schedule, learning_rate, lr_decay, total_steps)(count)
 
   model = models.build(c.model, first.spec.num_classes, first.dtype, seq_len=first.spec.seq_len)
   tx = optim.optimizer(c.optimizer)
