@@ -8,7 +8,8 @@ settings see the same batches).
 import pytest
 
 from conftest import experiment
-from sgdlab.studies import accumulation, conv_parts, noise_cost, pipelines, population_speed
+from sgdlab.studies import (accumulation, conv_parts, noise_cost, pipelines, population_speed,
+                            update_cost)
 
 
 def _config(name, variant="small"):
@@ -54,3 +55,14 @@ def test_pipelines_train_the_same_parameters():
 def test_conv_parts_time_every_form():
   cells = conv_parts.measure(_config("benchmark_conv"))
   assert len(cells) == 10 and all(ms > 0 for ms in cells.values())
+
+
+def test_optimizer_update_cost_reports_every_optimizer_against_momentum():
+
+  rows = update_cost.measure(_config("benchmark_optimizers"))
+  assert [r.split(" | ")[0] for r in rows] == ["| momentum", "| lamb"]
+  base = rows[0].strip("| ").split(" | ")
+  assert base[2].startswith("1.000x") and base[4] == "1.00x"  # momentum against itself
+  for row in rows:
+    cells = row.strip("| ").split(" | ")
+    assert float(cells[1]) > 0 and float(cells[3]) > 0, row
