@@ -141,12 +141,22 @@ def score(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
               trials=len(records), best=best)
 
 
+def _fit(steps: dict[int, float]) -> dict[str, float] | None:
+  finite = {k: dict(steps=v) for k, v in steps.items() if math.isfinite(v)}
+  return scaling_fit.fit_record(scaling_fit.fit(finite))
+
+
 def fits(cells: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
-  """Per optimizer, S(k) = S_min (1 + B_noise / k) through its finite scores."""
+  """Per optimizer, S(k) = S_min (1 + B_noise / k) through its finite scores, and the
+  B_noise of each study's bests alone (None where a study reached fewer than two k): how
+  far the budget pins B_noise down."""
   out = {}
   for name, by_k in cells.items():
-    finite = {k: dict(steps=c["steps"]) for k, c in by_k.items() if math.isfinite(c["steps"])}
-    out[name] = scaling_fit.fit_record(scaling_fit.fit(finite))
+    out[name] = _fit({k: c["steps"] for k, c in by_k.items()})
+    if out[name] is not None:
+      n_studies = len(next(iter(by_k.values()))["study_bests"])
+      each = [_fit({k: c["study_bests"][i] for k, c in by_k.items()}) for i in range(n_studies)]
+      out[name]["study_b_noise"] = [None if f is None else f["b_noise"] for f in each]
   return out
 
 
@@ -204,12 +214,13 @@ def table(cells: dict[str, dict[int, dict[str, Any]]], fitted: dict[str, Any]) -
       steps = "not reached" if math.isinf(c["steps"]) else f"{c['steps']:.0f}"
       rows.append(f"| {name} | {k} | {steps} | {bests} | {c['infeasible']}/{c['trials']} "
                   f"| {settings} |")
-  rows += ["", "| optimizer | S_min | B_noise | E_min | rms log error |",
-           "|---|---:|---:|---:|---:|"]
+  rows += ["", "| optimizer | S_min | B_noise | B_noise of each study | E_min "
+           "| rms log error |", "|---|---:|---:|---|---:|---:|"]
   for name, f in fitted.items():
-    rows.append(f"| {name} | - | - | - | fewer than two k reached |" if f is None else
-                f"| {name} | {f['s_min']:.1f} | {f['b_noise']:.0f} | {f['e_min']:,.0f} "
-                f"| {f['rms_log_error']:.3f} |")
+    each = ", ".join("-" if b is None else f"{b:.0f}" for b in (f or {}).get("study_b_noise", []))
+    rows.append(f"| {name} | - | - | - | - | fewer than two k reached |" if f is None else
+                f"| {name} | {f['s_min']:.1f} | {f['b_noise']:.0f} | {each} "
+                f"| {f['e_min']:,.0f} | {f['rms_log_error']:.3f} |")
   return "\n".join(rows)
 
 

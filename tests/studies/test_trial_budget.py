@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, experiment, subprocess_env
@@ -65,7 +66,23 @@ def test_the_fit_per_optimizer_uses_its_finite_cells_only():
   assert fits["b"] is None and fits["a"]["b_noise"] > 0
   text = trial_budget.table(cells, fits)
   assert "| a | 1024 | not reached | - | 0/1 | - |" in text
-  assert "| b | - | - | - | fewer than two k reached |" in text
+  assert "| b | - | - | - | - | fewer than two k reached |" in text
+
+
+def test_each_study_gets_its_own_b_noise():
+  # Study 0 follows S = 40 (1 + 100 / k) exactly, study 1 S = 40 (1 + 25 / k); in "b" a
+  # third study reached only k=16, so it has no fit of its own.
+  cell = lambda *bests: dict(steps=float(np.median(bests)), study_bests=list(bests),
+                             infeasible=0, trials=len(bests), best=None)
+  s = lambda b_noise, k: 40.0 * (1 + b_noise / k)
+  cells = {"a": {k: cell(s(100, k), s(25, k)) for k in (16, 64, 256)},
+           "b": {k: cell(s(100, k), s(100, k), s(25, k) if k == 16 else math.inf)
+                 for k in (16, 64, 256)}}
+  fits = trial_budget.fits(cells)
+  assert fits["a"]["study_b_noise"] == pytest.approx([100, 25], rel=1e-3)
+  assert fits["b"]["study_b_noise"][:2] == pytest.approx([100, 100], rel=1e-3)
+  assert fits["b"]["study_b_noise"][2] is None
+  assert "| 100, 100, - |" in trial_budget.table(cells, fits)
 
 
 def test_every_k_gets_the_same_draws_and_each_trial_names_its_optimizer():
