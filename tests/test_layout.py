@@ -19,7 +19,7 @@ FLOORS = {
     "errors": 0, "units": 0,
     "data": 1, "models": 1, "optim": 1,
     "config": 2,
-    "noise": 3, "noise_window": 3,
+    "noise": 3, "noise_window": 3, "curvature": 3,
     "train": 4,
     "memory": 5,
     "results": 6,
