@@ -9,7 +9,7 @@ import pytest
 
 from conftest import experiment
 from sgdlab.studies import (accumulation, conv_parts, noise_cost, pipelines, population_speed,
-                            update_cost)
+                            hvp_cost, update_cost)
 
 
 def _config(name, variant="small"):
@@ -66,3 +66,10 @@ def test_optimizer_update_cost_reports_every_optimizer_against_momentum():
   for row in rows:
     cells = row.strip("| ").split(" | ")
     assert float(cells[1]) > 0 and float(cells[3]) > 0, row
+
+
+def test_hvp_cost_reports_gradient_hvp_and_lanczos():
+  (row,) = hvp_cost.measure(_config("benchmark_hvp"))
+  cells = row.strip("| ").split(" | ")
+  assert cells[0] == "mlp" and cells[1] == f"{784 * 512 + 512 + 512 * 512 + 512 + 5130:,}"
+  assert all(float(c.split("x")[0].replace(",", "")) > 0 for c in cells[2:])
