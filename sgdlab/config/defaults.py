@@ -49,6 +49,13 @@ def default_config() -> ml_collections.ConfigDict:
   # Costs that many more gradients per epoch; accurate where the per-step estimates are
   # not (B_simple near k or above). 0 = no probe.
   c.noise_probe_batches = 0
+  # Curvature at each epoch's end (sgdlab.curvature) on this many full batches of one
+  # fixed permutation (the same every epoch), the training loss at that epoch's final
+  # parameters: the top Hessian eigenvalues by Lanczos and g'Hg/g'g. 0 = none.
+  c.sharpness_batches = 0
+  c.sharpness_iterations = 20  # Lanczos iterations: Hessian-vector products per epoch
+  c.sharpness_top = 1  # eigenvalues reported: hessian_eig_1 (= sharpness) .. _top
+  c.sharpness_epsilon = 0.0  # > 0: also Keskar et al.'s epsilon-sharpness in that box
   c.checkpoint_every_epochs = 0  # 0: no checkpoints
   c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
   c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device

@@ -194,6 +194,15 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
                what="an integer >= 0 (0: 2 on one device without accumulation, else 1)")
   check_number("noise_probe_batches", c.noise_probe_batches, low=0, integer=True,
                what="an integer >= 0 (0: no probe)")
+  check_number("sharpness_batches", c.sharpness_batches, low=0, integer=True,
+               what="an integer >= 0 (0: no sharpness)")
+  check_number("sharpness_iterations", c.sharpness_iterations, low=1, integer=True,
+               what="an integer >= 1")
+  check_number("sharpness_top", c.sharpness_top, low=1, high=c.sharpness_iterations,
+               integer=True, what=f"an integer in [1, sharpness_iterations="
+               f"{c.sharpness_iterations}]")
+  check_number("sharpness_epsilon", c.sharpness_epsilon, low=0,
+               what="a number >= 0 (0: no epsilon-sharpness)")
 
 
 def _check_probe_fields(c: ml_collections.ConfigDict) -> None:
@@ -209,6 +218,10 @@ def _check_probe_fields(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("noise_probe_batches", c.noise_probe_batches,
                       "0 with data.pipeline='grain' (the probe draws its batches from the "
                       "training set placed on the devices)")
+  if c.sharpness_batches and (c.batch_size == "auto" or c.data.pipeline == "grain"):
+    raise ConfigError("sharpness_batches", c.sharpness_batches,
+                      "0 with batch_size='auto' or data.pipeline='grain' (its full batches "
+                      "come from the training set placed on the devices, at a known k)")
 
 
 def _check_precision_and_rules(c: ml_collections.ConfigDict) -> None:
@@ -282,6 +295,10 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
 def _check_probe(c: ml_collections.ConfigDict, spec: data.DataSpec) -> None:
   """The probe's batches are full ones from one permutation of the training set."""
   k = int(c.batch_size)
+  if c.sharpness_batches > spec.n_train // k:
+    raise ConfigError("sharpness_batches", c.sharpness_batches,
+                      f"at most the {spec.n_train // k} full batches of k={k} in the "
+                      f"{spec.n_train} training examples")
   if c.noise_probe_batches > spec.n_train // k:
     raise ConfigError("noise_probe_batches", c.noise_probe_batches,
                       f"at most the {spec.n_train // k} full batches of k={k} in an epoch of "

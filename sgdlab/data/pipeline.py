@@ -39,6 +39,11 @@ def probe_order_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
 
 
+def sharpness_order_key(seed: int) -> jax.Array:
+  """The sharpness batches' order: its own key, the same permutation every epoch."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
+
+
 def batch_order(n: int, batch_size: int, key: jax.Array | None, *,
                drop_remainder: bool = False) -> Feed:
   """Indices and mask [steps, k] covering the n examples once, in a fresh permutation.

@@ -31,9 +31,44 @@ def epoch_means(step_metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
               train_accuracy=float(np.sum(step_metrics["correct"]) / total))
 
 
+def stability_threshold(optimizer: str, momentum: float) -> float | None:
+  """The largest lr x lambda at which the optimizer's iteration is stable on a quadratic of
+  curvature lambda (Cohen et al. 2021, appendix): 2 for gradient descent, 2 + 2 mu for
+  heavy-ball momentum, (2 + 2 mu) / (1 + 2 mu) for Nesterov; None for Adam, LARS and
+  LAMB, whose steps are preconditioned or rescaled per layer."""
+  if optimizer == "sgd":
+    return 2.0
+  if optimizer == "momentum":
+    return 2.0 + 2.0 * momentum
+  if optimizer == "nesterov":
+    return (2.0 + 2.0 * momentum) / (1.0 + 2.0 * momentum)
+  return None
+
+
+def stability_note(epochs: Mapping[str, list[float]], threshold: float | None) -> str | None:
+  """lr_t x lambda_max over the epochs against the optimizer's threshold, where the
+  sharpness was measured: the condition the folklore "a non-monotone loss means the lr is
+  too large" stands for."""
+  eig, lr = epochs.get("hessian_eig_1"), epochs.get("lr")
+  if not eig or not lr or threshold is None:
+    return None
+  product = np.asarray(eig, np.float64) * np.asarray(lr[:len(eig)], np.float64)
+  finite = np.isfinite(product)
+  if not finite.any():
+    return None
+  i = int(np.nanargmax(np.where(finite, product, -np.inf)))
+  over = [e + 1 for e in range(len(product)) if finite[e] and product[e] > threshold]
+  where = (f"above {threshold:.3g} in epoch{'s' if len(over) > 1 else ''} "
+           f"{', '.join(map(str, over))}: unstable along the sharpest direction"
+           if over else f"below {threshold:.3g} throughout: stable along the sharpest "
+           "direction")
+  return f"lr x lambda_max peaked at {product[i]:.3g} (epoch {i + 1}), {where}"
+
+
 def diagnose(epochs: Mapping[str, list[float]], *, diverged: str, batch_size: Any,
-             learning_rate: float) -> list[str]:
-  """Plain-language findings about one run's curves; empty when nothing stands out."""
+             learning_rate: float, threshold: float | None = None) -> list[str]:
+  """Plain-language findings about one run's curves; empty when nothing stands out.
+  threshold: the optimizer's lr x lambda_max stability bound (`stability_threshold`)."""
   notes = []
   if diverged:
     notes.append(f"{diverged}: lr={learning_rate:g} is too large for k={batch_size}")
@@ -56,7 +91,8 @@ def diagnose(epochs: Mapping[str, list[float]], *, diverged: str, batch_size: An
               else f"train loss falling {100 * (1 - np.exp(-loss_slope)):.1f}%/epoch")
       notes.append(f"{what} over the last 3 epochs, beyond the epoch-to-epoch noise: "
                    "more epochs would help")
-  return notes
+  stability = stability_note(epochs, threshold)
+  return notes + ([stability] if stability else [])
 
 
 def trend(values: np.ndarray, min_slope: float) -> float | None:

@@ -60,7 +60,8 @@ class History:
                 lr_decay=self.config.get("lr_decay"),
                 train_accuracy=self.final("train_accuracy"),
                 test_accuracy=self.final("test_accuracy"), train_loss=self.final("train_loss"),
-                monotone=self.monotone, diverged=bool(self.diverged), epochs=n, wall_time=wall,
+                monotone=self.monotone, diverged=bool(self.diverged),
+                sharpness=self.final("hessian_eig_1"), epochs=n, wall_time=wall,
                 examples_per_sec=float(np.median(eps)) if eps else math.nan)
 
   def to_dict(self) -> dict[str, Any]:

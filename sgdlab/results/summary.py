@@ -53,7 +53,7 @@ def seed_groups(histories: Sequence[History]) -> list[list[History]]:
 
 _CONFIG_KEYS = ("run", "batch_size", "learning_rate", "lr_decay")
 # A diverged seed's loss and accuracies are not figures of training: they stay out.
-_TRAINED_KEYS = ("train_accuracy", "test_accuracy", "train_loss")
+_TRAINED_KEYS = ("train_accuracy", "test_accuracy", "train_loss", "sharpness")
 
 
 def _group_cell(key: str, rows: list[dict]) -> str:
@@ -85,6 +85,9 @@ def table(histories: Sequence[History], failed: Sequence[tuple[str, str]] = (),
   groups = seed_groups(histories)
   seeded = any(len(g) > 1 for g in groups)
   columns = _COLUMNS[:4] + ((("seeds", "seeds"),) if seeded else ()) + _COLUMNS[4:]
+  if any("hessian_eig_1" in h.epochs for h in histories):  # config.sharpness_batches
+    at = [k for _, k in columns].index("train_loss") + 1
+    columns = columns[:at] + (("lambda_max", "sharpness"),) + columns[at:]
   if seeded:
     columns = tuple(("not monotone", "not_monotone") if k == "monotone" else (h, k)
                     for h, k in columns)

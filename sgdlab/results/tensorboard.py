@@ -53,13 +53,19 @@ EPOCH_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
               "noise_scale": "noise/B_simple", "grad_sq": "noise/grad_sq",
               "trace_sigma": "noise/trace_sigma", "probe_noise_scale": "noise/B_simple_probe",
               "probe_grad_sq": "noise/grad_sq_probe",
-              "probe_trace_sigma": "noise/trace_sigma_probe"}
+              "probe_trace_sigma": "noise/trace_sigma_probe",
+              "hessian_eig_1": "curvature/lambda_max",
+              "directional_curvature": "curvature/directional",
+              "epsilon_sharpness": "curvature/epsilon_sharpness"}
 SPLITS = ("train", "validation", "test")
 
 
 def epoch_tag(column: str) -> str:
   """The tag of a History.epochs column: <split>/<figure> for a split's figures
-  (validation_loss, test_bits_per_byte), else as EPOCH_TAGS names it or epoch/<name>."""
+  (validation_loss, test_bits_per_byte), curvature/lambda_<i> for hessian_eig_<i>, else as
+  EPOCH_TAGS names it or epoch/<name>."""
+  if column.startswith("hessian_eig_") and column != "hessian_eig_1":
+    return f"curvature/lambda_{column.removeprefix('hessian_eig_')}"
   split, _, figure = column.partition("_")
   if column not in EPOCH_TAGS and split in SPLITS and figure:
     return f"{split}/{figure}"

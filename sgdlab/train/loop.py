@@ -54,6 +54,7 @@ def run_loop(run, *, checkpoint_dir: str | None = None, eval_steps: Sequence[int
   config = run.members[0].config
   chain: list[Piece] = [pieces_lib.HeldOut()]
   chain += [pieces_lib.NoiseProbe()] if config.noise_probe_batches else []
+  chain += [pieces_lib.Sharpness()] if config.sharpness_batches else []
   chain += list(pieces) + ([pieces_lib.Live(on_epoch)] if on_epoch is not None else [])
   chain += [pieces_lib.Evaluations(eval_steps, target)]
   chain += [pieces_lib.Checkpoints(saver)] if saver is not None else []

@@ -7,6 +7,7 @@ divergence and records rows; everything else is a `Piece` it calls at fixed poin
   stops(loop, end)             steps inside this epoch where it wants the loop to stop
   at_stop(loop, at)            at such a stop (after `at` steps in all)
   measure(loop, members)       at a whole epoch's end: figures for each member's row
+                               (held-out splits, the noise probe, sharpness)
   after_epoch(loop, members)   after the rows: the members going on
   close(loop)                  after the last epoch
 
@@ -123,6 +124,15 @@ class NoiseProbe(Piece):
       out[m] = dict(probe_grad_sq=stats.grad_sq, probe_trace_sigma=stats.trace_sigma,
                     probe_noise_scale=stats.b_simple)
     return out
+
+
+class Sharpness(Piece):
+  """The top Hessian eigenvalues, g'Hg/g'g and (optionally) epsilon-sharpness at each
+  epoch's final parameters (`Run.sharpness`; Keskar et al. 2017, Cohen et al. 2021)."""
+
+  def measure(self, loop: Loop, members: list[int]) -> dict[int, dict[str, float]]:
+    figures = jax.device_get(loop.run.sharpness(loop.state))
+    return {m: {key: float(loop.member(v, m)) for key, v in figures.items()} for m in members}
 
 
 class Live(Piece):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sgdlab import models, optim
+from sgdlab import curvature, models, optim
 from sgdlab.config import Resolved
 from sgdlab.data import augment, pipeline, text
 from sgdlab.train import step
@@ -200,6 +200,35 @@ class Program:
       feed_axes = {key: None if key == "mask" else 0 for key in self.feed_structs(1)}
       probe = jax.vmap(probe, in_axes=(0, None, None, feed_axes))
     return jax.jit(probe)
+
+  def sharpness_fn(self) -> Callable[..., dict[str, jax.Array]]:
+    """Jitted `sharpness(state, x, y, feed) -> figures` at the state's parameters, on the
+    feed's full batches (`step.training_loss`): the top config.sharpness_top Hessian
+    eigenvalues by Lanczos, g'Hg/g'g, and with sharpness_epsilon > 0 the
+    epsilon-sharpness; the same figures on any number of devices."""
+    c, seq_len, scale = self.first.config, self.first.spec.seq_len, self.first.spec.scale
+    sharding = NamedSharding(self.mesh, P(None, step.DATA))
+    key = jax.random.PRNGKey(0)  # Lanczos' start: the same for every member and epoch
+
+    def sharpness(state, x, y, feed):
+      batches = jax.vmap(lambda f: pipeline.gather(x, y, f, seq_len))(feed)
+      batches = jax.lax.with_sharding_constraint(batches, sharding)
+      if not seq_len:
+        batches = dict(batches, x=pipeline.unit_images(batches["x"], scale))
+      loss_fn = functools.partial(step.training_loss, self.model, batches=batches)
+      eigs = curvature.lanczos(loss_fn, state.params, c.sharpness_iterations, key,
+                               top=c.sharpness_top)
+      out = {f"hessian_eig_{i + 1}": eigs[i] for i in range(c.sharpness_top)}
+      out["directional_curvature"] = curvature.directional_curvature(loss_fn, state.params)
+      if c.sharpness_epsilon:
+        out["epsilon_sharpness"] = curvature.epsilon_sharpness(
+            loss_fn, state.params, key, epsilon=c.sharpness_epsilon)
+      return out
+
+    if self.population:
+      feed_axes = {key: None if key == "mask" else 0 for key in self.feed_structs(1)}
+      sharpness = jax.vmap(sharpness, in_axes=(0, None, None, feed_axes))
+    return jax.jit(sharpness)
 
   def eval_batch(self, n: int) -> int:
     """The evaluation batch for a split of n examples: config.eval_batch_size, at most n,

@@ -120,9 +120,12 @@ def _log_epoch(name: str, config: Any, row: dict[str, float]) -> None:
 
 def finish(history: History, config: Any, state: Any) -> History:
   """Diagnostics from the whole curve, and the final state."""
+  threshold = diagnostics.stability_threshold(config.optimizer.name,
+                                              config.optimizer.momentum)
   history.diagnostics = diagnostics.diagnose(history.epochs, diverged=history.diverged,
                                              batch_size=int(config.batch_size),
-                                             learning_rate=config.learning_rate)
+                                             learning_rate=config.learning_rate,
+                                             threshold=threshold)
   for note in history.diagnostics:
     logging.info("%s | %s", history.name, note)
   history.state = state

@@ -34,6 +34,7 @@ class Run:
   sources: dict[str, stream.ArraySource] = dataclasses.field(default_factory=dict)
   _epoch_order: tuple[int, pipeline.Feed] | None = dataclasses.field(default=None, repr=False)
   _probe_keys: jax.Array | None = dataclasses.field(default=None, repr=False)
+  _sharpness_feed: pipeline.Feed | None = dataclasses.field(default=None, repr=False)
   _advance: dict = dataclasses.field(default_factory=dict, repr=False)
   _evaluate: dict = dataclasses.field(default_factory=dict, repr=False)
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -83,6 +84,19 @@ class Run:
                       int(self.program.first.config.noise_probe_batches))
     return self._jitted["probe"](state, self.arrays["x_train"], self.arrays["y_train"], feed)
 
+  def sharpness(self, state: step.TrainState) -> dict[str, jax.Array]:
+    """The curvature figures at `state` (`Program.sharpness_fn`) on the first
+    config.sharpness_batches full batches of one fixed permutation (its own key)."""
+    if "sharpness" not in self._jitted:
+      self._jitted["sharpness"] = self.program.sharpness_fn()
+    if self._sharpness_feed is None:
+      keys = pipeline.replicate(self.program.data_keys(pipeline.sharpness_order_key),
+                                self.program.mesh)
+      self._sharpness_feed = slice_feed(self._jitted["order"](keys, jnp.int32(0)), 0,
+                                        int(self.program.first.config.sharpness_batches))
+    return self._jitted["sharpness"](state, self.arrays["x_train"], self.arrays["y_train"],
+                                     self._sharpness_feed)
+
   def _data_args(self, feed: pipeline.Feed) -> tuple:
     return (feed,) if self.program.streamed else (self.arrays["x_train"],
                                                   self.arrays["y_train"], feed)
@@ -131,6 +145,7 @@ class Run:
     """The same compiled run for other members (other learning rates, seeds)."""
     program = dataclasses.replace(self.program, members=tuple(members))
     run = dataclasses.replace(self, program=program, _epoch_order=None, _probe_keys=None,
+                              _sharpness_feed=None,
                               data_keys=pipeline.replicate(program.data_keys(), program.mesh))
     if program.streamed:  # the members' own batch orders
       _open_streams(run)

@@ -212,6 +212,22 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
   return grads, metrics, group_sq, jax.tree.map(_pmean, moments)
 
 
+def training_loss(model: nn.Module, params: Any, batches: Batch) -> jax.Array:
+  """The mean training loss over batches stacked on a leading axis, each applied as one
+  device applies a batch of k in training (batch norm's statistics of that batch), with
+  one fixed dropout mask: a deterministic function of params, whatever the device count,
+  whose Hessian `sgdlab.curvature` measures."""
+
+  def sums(batch):
+    logits, _ = model.apply({"params": params}, batch["x"], train=True,
+                            rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_moments"])
+    losses, _ = _losses(logits, batch["y"], batch["mask"])
+    return jnp.sum(losses), jnp.sum(batch["mask"]) * targets_per_example(batch)
+
+  loss_sums, counts = jax.lax.map(sums, batches)
+  return jnp.sum(loss_sums) / jnp.maximum(jnp.sum(counts), 1.0)
+
+
 def make_grad_fn(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], Any]:
   """The data-parallel gradient alone (no dropout rng needed): what tests compare."""
 
