@@ -56,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sharpness_iterations = 20  # Lanczos iterations: Hessian-vector products per epoch
   c.sharpness_top = 1  # eigenvalues reported: hessian_eig_1 (= sharpness) .. _top
   c.sharpness_epsilon = 0.0  # > 0: also Keskar et al.'s epsilon-sharpness in that box
+  c.sharpness_every_epochs = 1  # measured every N epochs and after the last (nan between)
   c.checkpoint_every_epochs = 0  # 0: no checkpoints
   c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
   c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device

@@ -203,6 +203,8 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
                f"{c.sharpness_iterations}]")
   check_number("sharpness_epsilon", c.sharpness_epsilon, low=0,
                what="a number >= 0 (0: no epsilon-sharpness)")
+  check_number("sharpness_every_epochs", c.sharpness_every_epochs, low=1, integer=True,
+               what="an integer >= 1")
 
 
 def _check_probe_fields(c: ml_collections.ConfigDict) -> None:

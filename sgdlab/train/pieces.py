@@ -131,6 +131,10 @@ class Sharpness(Piece):
   epoch's final parameters (`Run.sharpness`; Keskar et al. 2017, Cohen et al. 2021)."""
 
   def measure(self, loop: Loop, members: list[int]) -> dict[int, dict[str, float]]:
+    c = loop.run.members[0].config
+    if (loop.epoch + 1) % c.sharpness_every_epochs and loop.epoch + 1 < c.num_epochs:
+      return {m: dict.fromkeys(loop.run.program.sharpness_keys(), float("nan"))
+              for m in members}
     figures = jax.device_get(loop.run.sharpness(loop.state))
     return {m: {key: float(loop.member(v, m)) for key, v in figures.items()} for m in members}
 

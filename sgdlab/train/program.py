@@ -201,6 +201,12 @@ class Program:
       probe = jax.vmap(probe, in_axes=(0, None, None, feed_axes))
     return jax.jit(probe)
 
+  def sharpness_keys(self) -> list[str]:
+    """The columns `sharpness_fn` returns."""
+    c = self.first.config
+    return ([f"hessian_eig_{i + 1}" for i in range(c.sharpness_top)] + ["directional_curvature"]
+            + (["epsilon_sharpness"] if c.sharpness_epsilon else []))
+
   def sharpness_fn(self) -> Callable[..., dict[str, jax.Array]]:
     """Jitted `sharpness(state, x, y, feed) -> figures` at the state's parameters, on the
     feed's full batches (`step.training_loss`): the top config.sharpness_top Hessian

@@ -132,3 +132,12 @@ def test_a_run_with_sharpness_resumes_bitwise(mesh1, tmp_path):
   resumed = trainer.train(config, mesh=mesh1, checkpoint_dir=ckpt)
   assert_same_run(full, resumed)
   assert len(resumed.epochs["hessian_eig_1"]) == 3
+
+
+def test_sharpness_every_n_epochs_and_after_the_last(mesh1):
+  h = trainer.train(sharp_config(num_epochs=5, sharpness_every_epochs=2, sharpness_top=2),
+                    mesh=mesh1)
+  measured = [bool(np.isfinite(v)) for v in h.epochs["hessian_eig_1"]]
+  assert measured == [False, True, False, True, True]
+  assert [bool(np.isfinite(v)) for v in h.epochs["hessian_eig_2"]] == measured
+  assert any("lr x lambda_max peaked" in n for n in h.diagnostics)
