@@ -13,6 +13,11 @@ gives each with its 95% Wilson interval, and the median and interquartile range 
 final figures over the seeds that did not diverge. About 3 minutes on 2 CPU cores;
 summary.md and overlay.png land in the workdir.
 
+  --config=experiments/classic_batch_size.py:sharpness   the same runs, and after the last
+      epoch the top Hessian eigenvalue (Lanczos, 20 products) and Keskar et al.'s
+      epsilon-sharpness (eps 1e-3) of the training loss on 2,048 fixed training examples
+      (2048 / k batches): does large k end sharper, as Keskar et al. (2017) claim? About
+      5 minutes; docs/curvature.md
   --config=experiments/classic_batch_size.py:small   the same sweep on tiny synthetic
       data in seconds (what the tests run)
   --config.sweep.product.seed="(0,)"                   one seed
@@ -41,9 +46,19 @@ def get_config(variant: str = ""):
   )
   config.sweep.product.seed = tuple(range(10))
   config.population = True
+  if variant == "sharpness":
+    sharpness(config, examples=2048)
   if variant == "small":
     small(config)
   return config
+
+
+def sharpness(config, examples):
+  """Sharpness after the last epoch on `examples` training examples at every k."""
+  config.sweep.points = tuple(dict(p, sharpness_batches=examples // p["batch_size"])
+                              for p in config.sweep.points)
+  config.sharpness_every_epochs = config.num_epochs
+  config.sharpness_epsilon = 1e-3
 
 
 def small(config):

@@ -172,4 +172,18 @@ def rebuild(workdir: str, title: str = "") -> str:
                  unfinished=found.unfinished)
     if found.histories:
       sweep_figures.sweep_figure(found.histories, os.path.join(workdir, "sweep.png"), title=title)
+      _curvature_figures(workdir, found.histories, title)
   return text
+
+
+def _curvature_figures(workdir: str, histories: Sequence[History], title: str) -> None:
+  """With config.sharpness_batches: sharpness_by_k.png where several k were measured,
+  sharpness_over_steps.png where a run measured it at three epochs or more."""
+  from sgdlab.results import curvature_figures
+  measured = [h for h in histories if "hessian_eig_1" in h.epochs]
+  if len({h.config.get("batch_size") for h in measured}) > 1:
+    curvature_figures.sharpness_against_k(measured, os.path.join(workdir, "sharpness_by_k.png"))
+  often = [h for h in measured if np.isfinite(h.epochs["hessian_eig_1"]).sum() >= 3]
+  if often:
+    curvature_figures.sharpness_over_steps(
+        often, os.path.join(workdir, "sharpness_over_steps.png"), title=title)

@@ -36,7 +36,7 @@ def test_loading_an_experiment_writes_no_bytecode():
 
 
 @pytest.mark.parametrize("name,points", [("classic_batch_size", 4), ("classic_grid", 4),
-                                         ("population_lr_sweep", 6)])
+                                         ("population_lr_sweep", 6), ("edge_of_stability", 3)])
 def test_launch_configs_run_their_small_variant(tmp_path, name, points):
   config = experiment(name).get_config("small")
   assert runner.run_sweep(config, runner.Options(str(tmp_path))) == 0
@@ -94,3 +94,25 @@ def test_the_lm_experiment_writes_python_docs_once_when_no_path_is_given(tmp_pat
   text = open(path, encoding="utf-8").read()
   assert len(text) > 100_000 and corpus.cached_python_docs(str(tmp_path)) == path
   assert os.path.getmtime(path) == os.path.getmtime(corpus.cached_python_docs(str(tmp_path)))
+
+
+def test_the_classic_sharpness_variant_measures_every_run_at_its_end(tmp_path):
+  module = experiment("classic_batch_size")
+  config = module.get_config("small")
+  module.sharpness(config, examples=128)  # the :sharpness variant on the small sweep
+  assert runner.run_sweep(config, runner.Options(str(tmp_path))) == 0
+  text = (tmp_path / "summary.md").read_text()
+  header, _, *rows = text.split("\n\n")[1].splitlines()
+  names = [c.strip() for c in header.strip("|").split("|")]
+  assert "lambda_max" in names
+  for row in rows:
+    cell = row.strip("|").split("|")[names.index("lambda_max")].strip()
+    assert float(cell.split()[0]) > 0, row
+  assert (tmp_path / "sharpness_by_k.png").is_file()
+
+
+def test_edge_of_stability_draws_sharpness_over_steps(tmp_path):
+  config = experiment("edge_of_stability").get_config("small")
+  assert runner.run_sweep(config, runner.Options(str(tmp_path))) == 0
+  assert (tmp_path / "sharpness_over_steps.png").is_file()
+  assert "lr x lambda_max peaked" in (tmp_path / "summary.md").read_text()
