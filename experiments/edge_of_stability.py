@@ -7,7 +7,7 @@ lambda_max reaches 2 / lr, then hovers there while the loss keeps falling, not
 monotonically: the condition behind the folklore "a loss that is not monotone means the
 lr is too large". Here: MLP 784-256-256-10 (ReLU, glorot weights), cross-entropy, the
 first 1,000 bundled MNIST training digits as one batch (k = 1,000: one update an epoch),
-plain SGD at constant lr 0.02, 0.05 and 0.1 (2 / lr = 100, 40, 20), 400 updates,
+plain SGD at constant lr 0.1, 0.2 and 0.4 (2 / lr = 20, 10, 5), 400 updates,
 lambda_max after every update by 20 Lanczos products on the whole batch; the three lrs
 train as one population. Writes summary.md (lr x lambda_max against 2 in the
 diagnostics) and sharpness_over_steps.png. About 5 minutes on 2 CPU cores;
@@ -29,7 +29,7 @@ def get_config(variant: str = ""):
   config.num_epochs = 400
   config.optimizer.name, config.schedule.name, config.lr_decay = "sgd", "constant", 0.0
   config.sharpness_batches, config.sharpness_iterations = 1, 20
-  config.sweep.product.learning_rate = (0.1, 0.05, 0.02)
+  config.sweep.product.learning_rate = (0.4, 0.2, 0.1)
   config.population = True
   if variant == "small":
     config.data.name = "synthetic"

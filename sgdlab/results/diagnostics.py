@@ -45,6 +45,17 @@ def stability_threshold(optimizer: str, momentum: float) -> float | None:
   return None
 
 
+def _ranges(numbers: list[int]) -> str:
+  """[3, 4, 5, 7] -> '3-5, 7'."""
+  runs: list[list[int]] = []
+  for n in numbers:
+    if runs and n == runs[-1][-1] + 1:
+      runs[-1].append(n)
+    else:
+      runs.append([n])
+  return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
 def stability_note(epochs: Mapping[str, list[float]], threshold: float | None) -> str | None:
   """lr_t x lambda_max over the epochs against the optimizer's threshold, where the
   sharpness was measured: the condition the folklore "a non-monotone loss means the lr is
@@ -59,7 +70,7 @@ def stability_note(epochs: Mapping[str, list[float]], threshold: float | None) -
   i = int(np.nanargmax(np.where(finite, product, -np.inf)))
   over = [e + 1 for e in range(len(product)) if finite[e] and product[e] > threshold]
   where = (f"above {threshold:.3g} in epoch{'s' if len(over) > 1 else ''} "
-           f"{', '.join(map(str, over))}: unstable along the sharpest direction"
+           f"{_ranges(over)}: unstable along the sharpest direction"
            if over else f"below {threshold:.3g} throughout: stable along the sharpest "
            "direction")
   return f"lr x lambda_max peaked at {product[i]:.3g} (epoch {i + 1}), {where}"

@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 from sgdlab import config as config_lib
 from sgdlab import data
 from sgdlab.errors import ConfigError, check_number
-from sgdlab.results import history
+from sgdlab.results import files, history
 from sgdlab.studies import scaling_fit, steps_config, steps_to_target
 from sgdlab.sweep import search
 from sgdlab.train import step
@@ -178,9 +178,29 @@ def trial_runner(config: ml_collections.ConfigDict, make_runner: Callable[..., A
   return run_trial
 
 
+def _cell_key(config: ml_collections.ConfigDict, name: str, k: int) -> str:
+  """What a cell's trials depend on: the config but the list of optimizers and of k."""
+  c = config_lib.to_dict(config)
+  c["trial_budget"] = {f: v for f, v in c["trial_budget"].items() if f != "optimizers"}
+  c["steps_to_target"] = {f: v for f, v in c["steps_to_target"].items()
+                          if f != "batch_sizes"}
+  return json.dumps(dict(config=c, optimizer=name, k=k), sort_keys=True, default=str)
+
+
+def _cached_runs(cell_dir: str | None, key: str, path: str) -> list[dict[str, Any]] | None:
+  if cell_dir is None or not os.path.isfile(path):
+    return None
+  saved = files.read_json(path)
+  return saved["runs"] if saved.get("key") == key else None
+
+
 def study_cells(config: ml_collections.ConfigDict, make_runner: Callable[..., Any],
-                ks: Sequence[int]) -> tuple[dict[str, dict[int, dict[str, Any]]], list]:
-  """Every optimizer at every k: its scored cell and every trial's record."""
+                ks: Sequence[int], cell_dir: str | None = None
+                ) -> tuple[dict[str, dict[int, dict[str, Any]]], list]:
+  """Every optimizer at every k: its scored cell and every trial's record. With
+  `cell_dir`, each cell's trials are written there when it is done and read back by a
+  later call with the same settings: a killed study resumes at its first unfinished
+  cell (a cell's trials run in a fixed order, so the result is the same)."""
   b, s = config.trial_budget, config.steps_to_target
   cells: dict[str, dict[int, dict[str, Any]]] = {}
   records = []
@@ -189,8 +209,14 @@ def study_cells(config: ml_collections.ConfigDict, make_runner: Callable[..., An
     cells[name] = {}
     for k in ks:
       t0 = time.perf_counter()
-      runs = tune(trial_runner(config, make_runner, k), trials, int(b.trials),
-                  steps_config.budget(s, k))
+      key, path = _cell_key(config, name, k), os.path.join(cell_dir or "", f"{name}_k{k}.json")
+      runs = _cached_runs(cell_dir, key, path)
+      if runs is None:
+        runs = tune(trial_runner(config, make_runner, k), trials, int(b.trials),
+                    steps_config.budget(s, k))
+        if cell_dir is not None:
+          os.makedirs(cell_dir, exist_ok=True)
+          files.write_json(path, history.finite_or_null(dict(key=key, runs=runs)))
       cells[name][k] = score(runs, int(b.trials))
       records += [dict(r, optimizer=name, k=k) for r in runs]
       logging.info("%s k=%d: %s steps (studies %s), %d/%d infeasible, %.0fs", name, k,
@@ -233,7 +259,8 @@ def study(config: ml_collections.ConfigDict, workdir: str,
   ks = steps_config.batch_sizes(config, dataset.n_train)
   start = time.perf_counter()
   cells, records = study_cells(
-      config, lambda c, k: steps_to_target.make_runner(c, dataset, mesh, k), ks)
+      config, lambda c, k: steps_to_target.make_runner(c, dataset, mesh, k), ks,
+      cell_dir=os.path.join(workdir, "cells"))
   fitted = fits(cells)
   s = config.steps_to_target
   result = dict(config=config_lib.to_dict(config), n_train=dataset.n_train, batch_sizes=ks,

@@ -111,11 +111,38 @@ def test_the_experiment_runs_end_to_end_and_writes_its_table_and_figures(tmp_pat
                       + ":small", f"--workdir={tmp_path}"],
                      capture_output=True, text=True, env=subprocess_env(1), timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert sorted(os.listdir(tmp_path)) == ["results.json", "steps_by_optimizer.png", "table.md",
-                                          "trial_budget.png"]
+  assert sorted(os.listdir(tmp_path)) == ["cells", "results.json", "steps_by_optimizer.png",
+                                          "table.md", "trial_budget.png"]
   result = json.loads((tmp_path / "results.json").read_text())
   assert set(result["cells"]) == {"momentum", "lamb"}
   assert len(result["trials"]) == 2 * 2 * 2 * 2  # optimizers x k x trials x studies
   assert {t["optimizer"] for t in result["trials"]} == {"momentum", "lamb"}
   assert all(t["status"] for t in result["trials"])
   assert "| momentum | 16 |" in (tmp_path / "table.md").read_text()
+
+
+def test_a_killed_study_resumes_at_its_first_unfinished_cell(tmp_path):
+  config = experiment("optimizers_across_k").get_config("small")
+  made = []
+
+  def make_runner(c, k):  # steps fall with the lr: every trial's outcome is known
+    made.append((c.optimizer.name, k))
+    return lambda lr, limit: dict(steps=int(10 / lr) if 10 / lr <= limit else None,
+                                  status="reached" if 10 / lr <= limit else "not reached",
+                                  wall_time=0.0, learning_rate=lr)
+
+  cell_dir = str(tmp_path / "cells")
+  first, records = trial_budget.study_cells(config, make_runner, (16, 64), cell_dir)
+  assert sorted(os.listdir(cell_dir)) == ["lamb_k16.json", "lamb_k64.json",
+                                          "momentum_k16.json", "momentum_k64.json"]
+  os.remove(os.path.join(cell_dir, "lamb_k64.json"))  # as if killed in the last cell
+  made.clear()
+  again, records_again = trial_budget.study_cells(config, make_runner, (16, 64), cell_dir)
+  assert {name for name, _ in made} == {"lamb"} and {k for _, k in made} == {64}
+  dump = lambda x: json.dumps(x, default=str, sort_keys=True)
+  assert dump(again) == dump(first)
+  assert [r["steps"] for r in records_again] == [r["steps"] for r in records]
+  config.trial_budget.seed += 1  # other settings: nothing is reused
+  made.clear()
+  trial_budget.study_cells(config, make_runner, (16,), cell_dir)
+  assert len(made) >= 2

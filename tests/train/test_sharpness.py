@@ -92,6 +92,9 @@ def test_stability_thresholds_and_notes():
   assert note == ("lr x lambda_max peaked at 3 (epoch 2), above 2 in epoch 2: unstable "
                   "along the sharpest direction")
   assert diagnostics.stability_note(dict(lr=[0.1]), 2.0) is None
+  many = diagnostics.stability_note(dict(hessian_eig_1=[30.0] * 5 + [1.0, 30.0, 30.0, 1.0, 30.0],
+                                         lr=[0.1] * 10), 2.0)
+  assert "above 2 in epochs 1-5, 7, 8, 10:" in many
 
 
 @pytest.mark.parametrize("overrides,field,valid", [
