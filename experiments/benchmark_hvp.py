@@ -1,13 +1,14 @@
 r"""What a Hessian-vector product costs against one gradient, for the MLP and the CNN.
 
-  python experiments/benchmark_hvp.py [--config.k=256] [--config.rounds=20]
+  python experiments/benchmark_hvp.py [--config.k=256] [--config.rounds=5]
 
 One batch of k=256 synthetic MNIST-shaped images, sgdlab's MLP 784-512-512-10 and
 Keras' mnist_cnn, one device: the gradient, one Hessian-vector product (forward over
-reverse, sgdlab.curvature.hvp) and one Lanczos run of 20 products (the top Hessian
-eigenvalue as sharpness measures it), each jitted and timed in turn, order rotated
-every round. An HVP is expected to cost 2-3 gradients. About 2 minutes on 2 CPU
-cores. The engine is sgdlab.studies.hvp_cost.
+reverse, sgdlab.curvature.hvp) and one Lanczos run of 5 products, each jitted and
+timed in turn, order rotated every round. An HVP is expected to cost 2-3 gradients;
+the CNN's custom-VJP pooling and convolution make sgdlab fall back to reverse over
+reverse, which XLA:CPU runs far slower (docs/curvature.md). About 5 minutes on 2 CPU
+cores, nearly all of it the CNN. The engine is sgdlab.studies.hvp_cost.
 
   --config=experiments/benchmark_hvp.py:small   k=16, the MLP, 2 rounds (seconds; what
       the tests run)
@@ -27,8 +28,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """The benchmark's settings; variant "small" for the tests."""
   c = ml_collections.ConfigDict(dict(
       k=256,  # examples in the batch
-      rounds=20,  # rounds over gradient, HVP and Lanczos
-      iterations=20,  # Lanczos iterations (HVPs) per run
+      rounds=5,  # rounds over gradient, HVP and Lanczos
+      iterations=5,  # Lanczos iterations (HVPs) per run
       models=("mlp", "cnn"),
   ))
   if variant == "small":

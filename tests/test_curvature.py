@@ -83,3 +83,24 @@ def test_epsilon_sharpness_reaches_the_corner_of_a_convex_quadratic():
   flat = curvature.epsilon_sharpness(lambda x: jnp.sum(0.0 * x) + 1.0, c,
                                       jax.random.key(0), epsilon=eps)
   assert float(flat) == 0.0
+
+
+def test_hvp_through_custom_vjp_parts_is_the_exact_product():
+  @jax.custom_vjp
+  def cube(x):
+    return x ** 3
+
+  cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+  loss = lambda p: jnp.sum(cube(p["w"]) * p["b"])
+  params = dict(w=jnp.asarray([0.5, -1.0, 2.0]), b=jnp.asarray([1.0, 2.0, 3.0]))
+  v = dict(w=jnp.asarray([1.0, 0.0, -1.0]), b=jnp.asarray([0.5, 1.0, 0.0]))
+  hess, flat = _exact_hessian(lambda p: jnp.sum(p["w"] ** 3 * p["b"]), params)
+  got = ravel_pytree(curvature.hvp(loss, params, v))[0]
+  np.testing.assert_allclose(got, hess @ np.asarray(ravel_pytree(v)[0]), rtol=1e-6)
+
+
+def test_lanczos_runs_on_sgdlabs_cnn():
+  from sgdlab.studies import hvp_cost
+  loss_fn, params = hvp_cost.model_loss("cnn", 4)
+  (top,) = curvature.lanczos(loss_fn, params, 3, jax.random.key(0))
+  assert np.isfinite(float(top)) and float(top) > 0
