@@ -49,9 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Costs that many more gradients per epoch; accurate where the per-step estimates are
   # not (B_simple near k or above). 0 = no probe.
   c.noise_probe_batches = 0
-  # Curvature at each epoch's end (sgdlab.curvature) on this many full batches of one
-  # fixed permutation (the same every epoch), the training loss at that epoch's final
-  # parameters: the top Hessian eigenvalues by Lanczos and g'Hg/g'g. 0 = none.
+  # Curvature of the training loss at each epoch's end (sgdlab.curvature) on this many full
+  # batches, the same every epoch: top Hessian eigenvalues (Lanczos), g'Hg/g'g. 0 = none.
   c.sharpness_batches = 0
   c.sharpness_iterations = 20  # Lanczos iterations: Hessian-vector products per epoch
   c.sharpness_top = 1  # eigenvalues reported: hessian_eig_1 (= sharpness) .. _top
