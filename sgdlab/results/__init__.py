@@ -7,5 +7,6 @@
   diagnostics.py    epoch figures from step figures; plain-language findings
   summary.py        an experiment's table (over seeds: rates with intervals, medians) and figures
   seed_stats.py     Wilson intervals, medians and quartiles of the seeds that trained
-  figures.py, sweep_figures.py, noise_figures.py   figures for papers
+  figures.py, sweep_figures.py, noise_figures.py, budget_figures.py,
+  curvature_figures.py   figures for papers
 """
