@@ -17,14 +17,13 @@ robust scoring); S(k) = S_min (1 + B_noise / k) is fitted per optimizer.
 Writes results.json (every trial), table.md, steps_by_optimizer.png (steps against k with
 the fits, and B_noise per optimizer) and trial_budget.png (best so far against trials
 spent). The engine is sgdlab.studies.trial_budget; docs/optimizers.md states what it
-found. About an hour on 2 CPU cores (320 trials, most cut short once they cannot beat
-their study's best).
+found. 29 min on 2 CPU cores (320 trials, most cut short once they cannot beat their
+study's best). Each finished (optimizer, k) cell is kept in workdir/cells: a rerun resumes.
 
   --config=experiments/optimizers_across_k.py:resnet   the ResNet-8 (batch norm, width 16)
       on the same digits at 14x14, target 0.9, k = 64, 256, 1024, two studies of 6
       trials (CIFAR-10: --config.data.name=cifar10 --config.data.dir=...
-      --config.steps_to_target.target=0.6): not yet run in full; projected 1.5-2 hours
-      on 2 CPU cores from its first cells (momentum at k=64: 7 min)
+      --config.steps_to_target.target=0.6): about 2 hours (a cell takes 7-14 min)
   --config.trial_budget.trials=16 --config.trial_budget.studies=3   a larger budget
   --config=experiments/optimizers_across_k.py:small   tiny synthetic data, two k, two
       optimizers, two trials per study: every code path in seconds (what the tests run)
@@ -73,11 +72,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.name, c.model.resnet_depth, c.model.resnet_width = "resnet", 8, 16
     c.data.name, c.data.image_size = "mnist", 14
     c.drop_remainder = True  # batch norm: statistics of whole batches only
-    # A trial costs ~6x the MLP's (convolutions, and the test set checked every 5% of
-    # steps), and a study's first trial has no best to stop at: it may run the whole
-    # budget (3,000 steps took 10 min at k=256). So k=16 is left out, each study has 6
-    # trials, and a trial stops after 400 steps or 200,000 examples (~2 min here; the
-    # best trial at k=64 needed 92 steps).
+    # A study's first trial has no best to stop at and may run the whole budget (3,000
+    # steps took 10 min at k=256): k=16 left out, 6 trials a study, 400 steps at most.
     s.batch_sizes, c.trial_budget.trials = (64, 256, 1024), 6
     s.max_steps, s.max_examples = 400, 200_000
   if variant == "small":
