@@ -7,8 +7,9 @@ Keras' mnist_cnn, one device: the gradient, one Hessian-vector product (forward 
 reverse, sgdlab.curvature.hvp) and one Lanczos run of 5 products, each jitted and
 timed in turn, order rotated every round. An HVP is expected to cost 2-3 gradients;
 the CNN's custom-VJP pooling and convolution make sgdlab fall back to reverse over
-reverse, which XLA:CPU runs far slower (docs/curvature.md). About 5 minutes on 2 CPU
-cores, nearly all of it the CNN. The engine is sgdlab.studies.hvp_cost.
+reverse, which XLA:CPU runs 17x slower than a gradient (docs/curvature.md). The MLP
+takes seconds on 2 CPU cores, the CNN over 10 minutes (--config.models="('mlp',)"
+leaves it out). The engine is sgdlab.studies.hvp_cost.
 
   --config=experiments/benchmark_hvp.py:small   k=16, the MLP, 2 rounds (seconds; what
       the tests run)
