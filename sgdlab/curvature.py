@@ -26,14 +26,17 @@ from jax.flatten_util import ravel_pytree
 LossFn = Callable[[Any], jax.Array]
 
 
+def _tree_dot(a: Any, b: Any) -> jax.Array:
+  """The inner product of two trees of the same structure."""
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def _forward_over_reverse(loss_fn: LossFn, params: Any, v: Any) -> Any:
   return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
 
 
 def _reverse_over_reverse(loss_fn: LossFn, params: Any, v: Any) -> Any:
-  dot = lambda p: sum(jnp.vdot(g, u) for g, u in zip(jax.tree.leaves(jax.grad(loss_fn)(p)),
-                                                      jax.tree.leaves(v)))
-  return jax.grad(dot)(params)
+  return jax.grad(lambda p: _tree_dot(jax.grad(loss_fn)(p), v))(params)
 
 
 def hvp_fn(loss_fn: LossFn, params: Any) -> Callable[[Any], Any]:
@@ -88,8 +91,7 @@ def directional_curvature(loss_fn: LossFn, params: Any) -> jax.Array:
   """g^T H g / |g|^2 at params, g the gradient: the curvature along the gradient step."""
   g = jax.grad(loss_fn)(params)
   hg = hvp_fn(loss_fn, params)(g)
-  dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  return dot(g, hg) / dot(g, g)
+  return _tree_dot(g, hg) / _tree_dot(g, g)
 
 
 def epsilon_sharpness(loss_fn: LossFn, params: Any, key: jax.Array, epsilon: float = 1e-3,

@@ -295,7 +295,7 @@ def _check_batch_size(c: ml_collections.ConfigDict, spec: data.DataSpec, n_devic
 
 
 def _check_probe(c: ml_collections.ConfigDict, spec: data.DataSpec) -> None:
-  """The probe's batches are full ones from one permutation of the training set."""
+  """The noise probe's and the sharpness's batches are full ones from one permutation."""
   k = int(c.batch_size)
   if c.sharpness_batches > spec.n_train // k:
     raise ConfigError("sharpness_batches", c.sharpness_batches,

@@ -1,6 +1,6 @@
 """What a Hessian-vector product costs against one gradient, per model.
 
-The loss is the model's mean cross-entropy on one batch (evaluation mode: no dropout),
+The loss is the training loss on one batch (`step.training_loss`, as sharpness uses it),
 jitted three ways on the same parameters and batch: the gradient, a Hessian-vector
 product (`sgdlab.curvature.hvp`, forward over reverse) and, for the sharpness measured
 in training, one Lanczos run of `iterations` products. Each is timed in turn, order
@@ -11,6 +11,7 @@ gradient's in the same round. Forward-over-reverse costs about 2-3 gradients in 
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Any, Callable
@@ -23,23 +24,21 @@ import numpy as np
 from sgdlab import config as config_lib
 from sgdlab import curvature, models
 from sgdlab.studies import bench
+from sgdlab.train import step
 
 
 def model_loss(name: str, k: int, seed: int = 0) -> tuple[Callable[[Any], jax.Array], Any]:
   """(loss_fn, params) for sgdlab's `name` model (mlp: 784-512-512-10; cnn: Keras'
-  mnist_cnn) on one batch of k synthetic MNIST-shaped images."""
+  mnist_cnn) on one batch of k synthetic MNIST-shaped images: the training loss the
+  sharpness in training differentiates (`step.training_loss`)."""
   c = config_lib.default_config().model
   c.name, c.hidden = name, (512, 512)
   model = models.build(c, 10)
   data = bench.synthetic(k, seed=seed)
   x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   params = model.init(jax.random.key(seed), x[:1])["params"]
-
-  def loss_fn(p):
-    logits = model.apply({"params": p}, x, train=False)
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
-
-  return loss_fn, params
+  batches = dict(x=x[None], y=y[None], mask=jnp.ones((1, k), jnp.float32))
+  return functools.partial(step.training_loss, model, batches=batches), params
 
 
 def _timed(fn: Callable[[], Any]) -> float:

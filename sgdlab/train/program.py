@@ -215,6 +215,7 @@ class Program:
     c, seq_len, scale = self.first.config, self.first.spec.seq_len, self.first.spec.scale
     sharding = NamedSharding(self.mesh, P(None, step.DATA))
     key = jax.random.PRNGKey(0)  # Lanczos' start: the same for every member and epoch
+    keys = self.sharpness_keys()
 
     def sharpness(state, x, y, feed):
       batches = jax.vmap(lambda f: pipeline.gather(x, y, f, seq_len))(feed)
@@ -224,12 +225,11 @@ class Program:
       loss_fn = functools.partial(step.training_loss, self.model, batches=batches)
       eigs = curvature.lanczos(loss_fn, state.params, c.sharpness_iterations, key,
                                top=c.sharpness_top)
-      out = {f"hessian_eig_{i + 1}": eigs[i] for i in range(c.sharpness_top)}
-      out["directional_curvature"] = curvature.directional_curvature(loss_fn, state.params)
+      figures = [*eigs, curvature.directional_curvature(loss_fn, state.params)]
       if c.sharpness_epsilon:
-        out["epsilon_sharpness"] = curvature.epsilon_sharpness(
-            loss_fn, state.params, key, epsilon=c.sharpness_epsilon)
-      return out
+        figures.append(curvature.epsilon_sharpness(loss_fn, state.params, key,
+                                                   epsilon=c.sharpness_epsilon))
+      return dict(zip(keys, figures, strict=True))
 
     if self.population:
       feed_axes = {key: None if key == "mask" else 0 for key in self.feed_structs(1)}
