@@ -29,15 +29,18 @@ Config = ml_collections.ConfigDict | Resolved
 
 
 def decide_auto(resolved: Sequence[Resolved], mesh: Mesh) -> list[Resolved]:
-  """Each Resolved with its "auto" fields (k, the fixed-k plan) decided by compiling; the
-  search runs once for the runs that share every field but lr, decay and seed."""
+  """Each Resolved with its "auto" fields (k, the fixed-k plan) decided by compiling, and
+  a batch_size_schedule's k checked against the memory budget (`auto.resolve_schedule`);
+  the search runs once for the runs that share every field but lr, decay and seed."""
   decided, out = {}, []
   for r in resolved:
-    if r.auto_batch_size or r.auto_plan:
+    scheduled = config_lib.batch_schedule.is_scheduled(r.config)
+    if r.auto_batch_size or r.auto_plan or (scheduled and r.config.memory_budget):
       key = json.dumps(config_lib.shared_fields(r.config), sort_keys=True, default=str)
       if key not in decided:
-        decided[key] = auto.decided_fields(
-            auto.resolve_plan(auto.resolve_batch_size(r, mesh), mesh))
+        decide = auto.resolve_schedule if scheduled else (
+            lambda r, mesh: auto.resolve_plan(auto.resolve_batch_size(r, mesh), mesh))
+        decided[key] = auto.decided_fields(decide(r, mesh))
       r = r.with_fields(**decided[key])
     out.append(r)
   return out
@@ -56,7 +59,7 @@ def fit(run: run_lib.Run, writer: Writer | None = None, *,
   """The loop over `run`, with `writer` as its live results and finisher."""
   if writer is None:
     return loop.run_loop(run, checkpoint_dir=checkpoint_dir)
-  with writer.open(run.program.steps_per_epoch):
+  with writer.open(run.program.first.epoch_end_steps):
     histories = loop.run_loop(run, checkpoint_dir=checkpoint_dir, on_epoch=writer)
     writer.finish(histories)
   return histories

@@ -19,6 +19,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # parameter init, data order (seed, epoch) and dropout all derive from it
   # global k, split evenly over all devices; "auto": the largest that fits (sgdlab.memory)
   c.batch_size = config_dict.FieldReference(32, field_type=object)
+  # k by epoch (Smith et al. 2018): batch_size until epoch boundaries[0], then sizes[i]
+  # from epoch boundaries[i]; empty: batch_size throughout (sgdlab.config.batch_schedule).
+  c.batch_size_schedule = ml_collections.ConfigDict(dict(boundaries=(), sizes=()))
   c.num_epochs = 10
   c.learning_rate = 1.0
   c.lr_decay = 1e-3  # Keras' SGD(decay=...): lr_t = lr / (1 + decay * t) with inverse_time
@@ -60,7 +63,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.population = False  # sweeps: points differing only in lr, decay, seed run as one program
   c.memory_budget = ""  # for batch_size="auto": e.g. "8GiB"; "" = this device
   c.memory_headroom = 0.1  # for batch_size="auto": fraction kept free
-  c.sweep = ml_collections.ConfigDict(dict(
+  c.sweep = _sweep_config()
+  return c
+
+
+def _sweep_config() -> ml_collections.ConfigDict:
+  """config.sweep: what a sweep varies (sgdlab.sweep.expand)."""
+  return ml_collections.ConfigDict(dict(
       product=ml_collections.ConfigDict(),  # field -> tuple of values, all combinations
       zip=ml_collections.ConfigDict(),  # field -> tuple of values, taken in lockstep
       points=(),  # tuple of dicts of overrides, each one run (after product and zip)
@@ -71,4 +80,3 @@ def default_config() -> ml_collections.ConfigDict:
           space=ml_collections.ConfigDict(),  # field -> dict(min, max, scale) | dict(choices)
       )),
   ))
-  return c

@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from sgdlab.config import batch_schedule
 from sgdlab.errors import ConfigError
 
 # Fields that only label a run; population members may differ in these and MEMBER_FIELDS.
@@ -115,4 +116,5 @@ def run_name(config: ml_collections.ConfigDict) -> str:
   """A short label for legends and logs: the fields a batch-size study varies."""
   if config.name:
     return config.name
-  return f"k={config.batch_size} lr={config.learning_rate:g} decay={config.lr_decay:g}"
+  return (f"k={batch_schedule.label(config)} lr={config.learning_rate:g} "
+          f"decay={config.lr_decay:g}")

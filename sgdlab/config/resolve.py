@@ -15,8 +15,10 @@ import math
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from sgdlab import data, models, optim, units
+from sgdlab.config import batch_schedule
 from sgdlab.config.fields import run_name, set_field
 from sgdlab.errors import ConfigError, check_number
 
@@ -33,11 +35,17 @@ def noise_groups_for(requested: int, n_devices: int, accumulating: bool) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-  """A validated config with the facts it was validated against."""
+  """A validated config with the facts it was validated against.
+
+  With config.batch_size_schedule, `batch_size` is the k of the epochs this Resolved
+  compiles for (`at_epoch`); the run's length, its lr schedule and its name belong to the
+  whole schedule, whichever phase is asked.
+  """
 
   config: ml_collections.ConfigDict
   spec: data.DataSpec
   n_devices: int
+  phase_batch_size: int = 0  # > 0: k of one phase of the schedule (`at_epoch`)
 
   @property
   def auto_batch_size(self) -> bool:
@@ -47,7 +55,39 @@ class Resolved:
   def batch_size(self) -> int:
     if self.auto_batch_size:
       raise ValueError("batch_size='auto' is not resolved yet (sgdlab.memory.auto)")
-    return int(self.config.batch_size)
+    return self.phase_batch_size or int(self.config.batch_size)
+
+  @property
+  def batch_sizes(self) -> tuple[int, ...]:
+    """k of each epoch: batch_size throughout, or as config.batch_size_schedule says."""
+    if self.auto_batch_size:
+      raise ValueError("batch_size='auto' is not resolved yet (sgdlab.memory.auto)")
+    return batch_schedule.epoch_batch_sizes(self.config)
+
+  @property
+  def phases(self) -> tuple[int, ...]:
+    """The distinct k of the run, in the order they first train."""
+    return tuple(dict.fromkeys(self.batch_sizes))
+
+  def at_epoch(self, epoch: int) -> Resolved:
+    """This run as it trains epoch `epoch`: its batch size is that epoch's k."""
+    k = self.batch_sizes[epoch]
+    return dataclasses.replace(self, phase_batch_size=0 if k == int(self.config.batch_size)
+                               else k)
+
+  def steps_at(self, k: int) -> int:
+    """Updates in an epoch of batch size k."""
+    n = self.spec.n_train
+    return n // k if self.config.drop_remainder else math.ceil(n / k)
+
+  @property
+  def epoch_end_steps(self) -> tuple[int, ...]:
+    """Updates taken by the end of each epoch (the global step of its row)."""
+    return tuple(int(x) for x in np.cumsum([self.steps_at(k) for k in self.batch_sizes]))
+
+  def steps_before(self, epoch: int) -> int:
+    """Updates taken before epoch `epoch` starts."""
+    return self.epoch_end_steps[epoch - 1] if epoch > 0 else 0
 
   @property
   def auto_plan(self) -> bool:
@@ -79,12 +119,12 @@ class Resolved:
 
   @property
   def steps_per_epoch(self) -> int:
-    n, k = self.spec.n_train, self.batch_size
-    return n // k if self.config.drop_remainder else math.ceil(n / k)
+    """Updates in an epoch at this Resolved's k."""
+    return self.steps_at(self.batch_size)
 
   @property
   def total_steps(self) -> int:
-    return self.steps_per_epoch * self.config.num_epochs
+    return self.epoch_end_steps[-1]
 
   @property
   def learning_rate(self) -> float:
@@ -93,14 +133,16 @@ class Resolved:
 
   @property
   def lr_scale(self) -> float:
-    """lr_scaling's factor for this k (1 when lr_scaling is "none")."""
+    """lr_scaling's factor for the run's first k (1 when lr_scaling is "none")."""
     c = self.config
-    return optim.scaled_learning_rate(1.0, self.batch_size, c.lr_scaling, c.base_batch_size)
+    return optim.scaled_learning_rate(1.0, int(c.batch_size), c.lr_scaling, c.base_batch_size)
 
   @property
   def schedule(self) -> ml_collections.ConfigDict:
-    """config.schedule with its warmup in steps (warmup_epochs and warmup_from resolved)."""
-    return optim.resolve_warmup(self.config.schedule, self.steps_per_epoch, self.lr_scale)
+    """config.schedule with its warmup in steps (warmup_epochs, counted at the first k,
+    and warmup_from resolved)."""
+    return optim.resolve_warmup(self.config.schedule, self.steps_at(int(self.config.batch_size)),
+                                self.lr_scale)
 
   @property
   def name(self) -> str:
@@ -129,7 +171,7 @@ class Resolved:
     config = copy.deepcopy(self.config)
     config.batch_size = int(k)
     _check_batch_size(config, self.spec, self.n_devices)
-    return dataclasses.replace(self, config=config)
+    return dataclasses.replace(self, config=config, phase_batch_size=0)
 
   def with_fields(self, **fields: Any) -> Resolved:
     """The same run with other fields, dotted for nested ones: a population member
@@ -137,7 +179,8 @@ class Resolved:
     config = copy.deepcopy(self.config)
     for key, value in fields.items():
       set_field(config, key, value)
-    return resolve(config, n_devices=self.n_devices, spec=self.spec)
+    return dataclasses.replace(resolve(config, n_devices=self.n_devices, spec=self.spec),
+                               phase_batch_size=self.phase_batch_size)
 
 
 def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
@@ -156,6 +199,8 @@ def resolve(config: ml_collections.ConfigDict, *, n_devices: int,
   spec = data.describe(c.data) if spec is None else spec
   _check_model_data(c, spec)
   optim.validate_schedule(c.schedule)
+  batch_schedule.validate(c, lambda at_k: (_check_batch_size(at_k, spec, n_devices),
+                                           _check_probe(at_k, spec)))
   if c.batch_size != "auto":
     _check_batch_size(c, spec, n_devices)
     _check_probe(c, spec)

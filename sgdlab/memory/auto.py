@@ -6,15 +6,19 @@ dtype="auto"): k stays, and the fixed-k planner picks micro-batch, remat and dty
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from absl import logging
 from jax.sharding import Mesh
 
-from sgdlab.config import Resolved, flatten, to_dict
+from sgdlab.config import Resolved, batch_schedule, flatten, to_dict
+from sgdlab.errors import ConfigError
 from sgdlab.memory import plan
 from sgdlab.memory.budget import device_budget
+from sgdlab.memory.estimator import Estimator
 from sgdlab.memory.search import find_batch_size
+from sgdlab.units import format_bytes
 
 
 def resolve_batch_size(resolved: Resolved, mesh: Mesh) -> Resolved:
@@ -44,6 +48,35 @@ def resolve_plan(resolved: Resolved, mesh: Mesh) -> Resolved:
   logging.info("microbatch_size=%s, dtype=%s: planned in %.1fs\n%s", c.microbatch_size,
                c.dtype, report.search_seconds, report.table())
   return plan.apply(resolved, report)
+
+
+def resolve_schedule(resolved: Resolved, mesh: Mesh) -> Resolved:
+  """A batch_size_schedule's memory, before anything runs. With microbatch_size or dtype
+  "auto", the planner plans the largest k; its dtype and remat serve every k, and its
+  micro-batch, reduced to a divisor of every k's per-device batch, too (no micro-step is
+  then larger than the plan's). With config.memory_budget given, every k is checked
+  against it. Unchanged for a plain k or a schedule with neither."""
+  c = resolved.config
+  if not batch_schedule.is_scheduled(c) or not (resolved.auto_plan or c.memory_budget):
+    return resolved
+  largest = max(resolved.phases)
+  if resolved.auto_plan:
+    chosen = plan.plan_microbatch(resolved.with_batch_size(largest), mesh=mesh).chosen
+    fields = chosen.fields()
+    if fields["microbatch_size"]:
+      fields["microbatch_size"] = math.gcd(chosen.microbatch_size,
+                                           *(k // mesh.size for k in resolved.phases))
+    logging.info("batch_size_schedule: planned at k=%d: %s", largest, fields)
+    resolved = resolved.with_fields(**fields)
+  budget = device_budget(mesh, c.memory_budget, c.memory_headroom)
+  for k in resolved.phases:
+    total = Estimator(resolved.with_batch_size(k), mesh).total(k)
+    if total > budget.usable:
+      raise ConfigError(f"{batch_schedule.FIELD}.sizes", tuple(c.batch_size_schedule.sizes),
+                        f"every k within memory_budget={budget.value} "
+                        f"({format_bytes(budget.usable)} usable per device); k={k} needs "
+                        f"{format_bytes(total)} (microbatch_size='auto' plans micro-batches)")
+  return resolved
 
 
 DECIDED_FIELDS = ("batch_size", "microbatch_size", "dtype", "model.remat")

@@ -13,7 +13,7 @@ not wait for them (5,000 scalars, then flush(): 4,649 were on disk); a kill -9 a
 epoch's flush would lose the epoch's tail.
 
 Global steps: the i-th SGD step's loss and lr are at step i (1-based), an epoch's row at
-the step that ends it (epoch * steps_per_epoch). TensorBoard keeps scalars as float32.
+the step that ends it (the updates of the epochs so far). TensorBoard keeps scalars as float32.
 
 Resume: a folder's `.steps_written` note says how many steps earlier processes wrote
 and flushed there. A process opens its event file with a purge at the step after what
@@ -24,6 +24,7 @@ are on disk already, with their own wall times.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import glob
 import math
@@ -45,7 +46,7 @@ from sgdlab.results.history import History
 
 # History.steps columns -> tags; the noise-scale estimates are NaN where none was taken.
 STEP_TAGS = {"loss": "step/loss", "lr": "step/lr", "grad_sq": "step/grad_sq",
-             "trace_sigma": "step/trace_sigma"}
+             "trace_sigma": "step/trace_sigma", "batch_size": "step/batch_size"}
 # History.epochs columns -> tags; any other column becomes epoch/<name>.
 EPOCH_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
               "test_loss": "test/loss", "test_accuracy": "test/accuracy", "lr": "epoch/lr",
@@ -120,10 +121,12 @@ class Events:
   (or leaving a `with` block) closes whatever is still open.
   """
 
-  def __init__(self, log_dirs: Sequence[str] | None, *, steps_per_epoch: int):
+  def __init__(self, log_dirs: Sequence[str] | None, *, epoch_end_steps: Sequence[int]):
+    """epoch_end_steps: the global step at each epoch's end (`Resolved.epoch_end_steps`;
+    k, and so the steps of an epoch, may change between epochs)."""
     on = bool(log_dirs) and jax.process_index() == 0
     self._members = [_Member(d) for d in log_dirs] if on else []
-    self._steps_per_epoch = steps_per_epoch
+    self._ends = list(epoch_end_steps)
 
   def __call__(self, member: int, history: History) -> None:
     if self._members:
@@ -153,7 +156,7 @@ class Events:
     os.makedirs(m.path, exist_ok=True)
     earlier = _read_note(m.path)
     m.steps = min(earlier, len(history.steps.get("loss", [])))
-    m.rows = min(history.num_epochs, m.steps // self._steps_per_epoch)
+    m.rows = min(history.num_epochs, bisect.bisect_right(self._ends, m.steps))
     # A name of its own (tensorboardX opens it "wb"), sorting after the earlier files.
     m.file = EventsWriter(os.path.join(m.path, "events"), f".{time.time_ns()}")
     # Hides events of earlier processes at this step and after (none in a new folder).
@@ -176,7 +179,7 @@ class Events:
     m.steps = max(m.steps, len(steps.get("loss", [])))
     epochs = history.epochs
     for r in range(m.rows, history.num_epochs):
-      step = int(epochs["epoch"][r]) * self._steps_per_epoch
+      step = self._ends[int(epochs["epoch"][r]) - 1]
       m.file.write_event(_event(step, [
           _value(epoch_tag(key), column[r])
           for key, column in epochs.items() if key != "epoch" and math.isfinite(column[r])]))

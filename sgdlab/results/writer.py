@@ -50,10 +50,11 @@ class Writer:
       files.write_json(os.path.join(point_dir, "config.json"), config)
       files.set_status(point_dir, "running", **self.status)
 
-  def open(self, steps_per_epoch: int) -> "Writer":
-    """The TensorBoard event files, once the run's steps per epoch are known."""
+  def open(self, epoch_end_steps: Sequence[int]) -> "Writer":
+    """The TensorBoard event files, once the run's steps are known: the global step at
+    each epoch's end (`Resolved.epoch_end_steps`)."""
     self._events = tensorboard.Events(self.log_dirs if self.enabled else None,
-                                      steps_per_epoch=steps_per_epoch)
+                                      epoch_end_steps=epoch_end_steps)
     return self
 
   def __call__(self, member: int, history: History) -> None:

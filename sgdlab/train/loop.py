@@ -1,7 +1,8 @@
 """The training loop: a Run's epochs -> one History per member. Every training run uses it.
 
 The trainer, population training, trial mode, the studies and the benchmarks all come
-here. Per epoch: `Run.advance` over the epoch's order (one call for the whole epoch, or
+here. Per epoch: the Run of the epoch's k (`Run.for_epoch`: itself unless
+config.batch_size_schedule changes k), `Run.advance` over the epoch's order (one call for the whole epoch, or
 `steps_per_call` steps per call), one host sync, divergence per member, the epoch's row.
 What else happens between calls and at an epoch's end (held-out evaluations, the noise
 probe, live results, evaluation steps and the target, checkpoints) is a small piece
@@ -18,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from sgdlab import noise
+from sgdlab.config import batch_schedule
 from sgdlab.results.history import History
 from sgdlab.train import checkpoint as checkpoint_lib
 from sgdlab.train import pieces as pieces_lib
@@ -61,7 +63,7 @@ def run_loop(run, *, checkpoint_dir: str | None = None, eval_steps: Sequence[int
   for piece in chain:
     piece.begin(loop)
   for epoch in range(loop.first_epoch, config.num_epochs):
-    loop.epoch = epoch
+    loop.epoch, loop.run = epoch, run.for_epoch(epoch)
     done = _epoch(loop, chain, max_steps)
     if not loop.live or (max_steps is not None and loop.first_step + done >= max_steps):
       break
@@ -104,6 +106,9 @@ def _epoch(loop: Loop, chain: Sequence[Piece], max_steps: int | None) -> int:
   started = list(loop.live)
   parts, done = _advance(loop, chain, stops)
   step_metrics = _concat(jax.device_get(parts), population=loop.run.program.population)
+  first = loop.run.program.first
+  if batch_schedule.is_scheduled(first.config):  # k of every step, into the History
+    step_metrics["batch_size"] = np.full_like(step_metrics["lr"], first.batch_size)
   going_on = _settle(loop, started, step_metrics, steps_before, whole=done == per_epoch)
   if done == per_epoch:
     if going_on:

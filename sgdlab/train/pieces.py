@@ -44,7 +44,8 @@ class Loop:
 
   @property
   def first_step(self) -> int:
-    return self.epoch * self.run.program.steps_per_epoch
+    """Updates before this epoch (k may change between epochs)."""
+    return self.run.program.first.steps_before(self.epoch)
 
   def member(self, tree: Any, m: int) -> Any:
     return self.run.program.member(tree, m)

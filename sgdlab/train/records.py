@@ -12,6 +12,7 @@ import numpy as np
 from absl import logging
 
 from sgdlab import noise
+from sgdlab.config import batch_schedule
 from sgdlab.config import to_dict
 from sgdlab.results import diagnostics
 from sgdlab.results.history import History
@@ -44,7 +45,8 @@ def epoch_columns(config: Any, splits: Sequence[str]) -> list[str]:
   for split in ("test", "validation"):
     if split in splits:
       out += split_columns(split, language)
-  out += ["lr", "wall_time", "examples_per_sec"]
+  out += ["lr"] + (["batch_size"] if batch_schedule.is_scheduled(config) else [])
+  out += ["wall_time", "examples_per_sec"]
   out += list(_NOISE) if config.noise_scale else []
   return out + (list(_PROBE) if config.noise_probe_batches else [])
 
@@ -60,6 +62,9 @@ def append_steps(history: History, step_metrics: dict[str, np.ndarray],
   where a step had no full batch) and the EMA updated by them."""
   history.steps.setdefault("loss", []).extend(np.asarray(step_metrics["loss"]).tolist())
   history.steps.setdefault("lr", []).extend(np.asarray(step_metrics["lr"]).tolist())
+  if "batch_size" in step_metrics:  # config.batch_size_schedule: each step's k
+    history.steps.setdefault("batch_size", []).extend(
+        np.asarray(step_metrics["batch_size"]).astype(int).tolist())
   if ema is None:
     return
   grad_sq, trace = noise.online_estimates(step_metrics["g_small_sq"], step_metrics["g_big_sq"],
@@ -97,7 +102,10 @@ def record_epoch(history: History, config: Any, epoch: int, step_metrics: dict[s
   if config.data.name == "text":
     row["train_bits_per_byte"] = row["train_loss"] / float(np.log(2.0))
   row.update(figures)
-  row.update(lr=float(step_metrics["lr"][-1]), wall_time=wall, examples_per_sec=n_train / wall)
+  row["lr"] = float(step_metrics["lr"][-1])
+  if "batch_size" in step_metrics:
+    row["batch_size"] = int(step_metrics["batch_size"][-1])
+  row.update(wall_time=wall, examples_per_sec=n_train / wall)
   if ema is not None:
     row.update(zip(_NOISE, ema.values()))
   for key, value in row.items():

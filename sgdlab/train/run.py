@@ -38,6 +38,8 @@ class Run:
   _advance: dict = dataclasses.field(default_factory=dict, repr=False)
   _evaluate: dict = dataclasses.field(default_factory=dict, repr=False)
   _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+  # k -> the Run of that phase of config.batch_size_schedule, shared by the phases.
+  _phases: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def members(self) -> tuple[Resolved, ...]:
@@ -48,6 +50,28 @@ class Run:
     """Async multi-device dispatch can deadlock XLA:CPU's collectives: block per call."""
     mesh = self.program.mesh
     return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+  def for_epoch(self, epoch: int) -> Run:
+    """The Run that trains epoch `epoch`: this one, or with config.batch_size_schedule the
+    phase of that epoch's k. A phase shares the placed data, the keys and the evaluation
+    programs; its own epoch programs compile on their first call (once per k)."""
+    members = [m.at_epoch(epoch) for m in self.members]
+    k = members[0].batch_size
+    if not self._phases:
+      self._phases[self.program.first.batch_size] = self
+    if k not in self._phases:
+      program = build_program(members, self.program.mesh)
+      phase = Run(program, self.dataset, self.arrays, self.data_keys, _phases=self._phases,
+                  _evaluate=self._evaluate)
+      phase._jitted.update(order=program.order_fn(), advance=program.advance_fn(),
+                           evaluate=self._jitted["evaluate"])
+      if program.streamed:
+        phase.sources = self.sources
+        _open_streams(phase)
+      self._phases[k] = phase
+      logging.info("epoch %d: k=%d (a program of its own, compiled on its first call)",
+                   epoch + 1, k)
+    return self._phases[k]
 
   def init_state(self) -> step.TrainState:
     return pipeline.replicate(self.program.init_state(), self.program.mesh)
@@ -145,7 +169,7 @@ class Run:
     """The same compiled run for other members (other learning rates, seeds)."""
     program = dataclasses.replace(self.program, members=tuple(members))
     run = dataclasses.replace(self, program=program, _epoch_order=None, _probe_keys=None,
-                              _sharpness_feed=None,
+                              _sharpness_feed=None, _phases={},
                               data_keys=pipeline.replicate(program.data_keys(), program.mesh))
     if program.streamed:  # the members' own batch orders
       _open_streams(run)

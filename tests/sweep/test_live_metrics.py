@@ -107,7 +107,7 @@ def test_the_tensorboard_folder_defaults_to_the_workdirs_and_an_empty_one_is_non
   assert runner.Options("runs/x").log_root == os.path.join("runs/x", "tensorboard")
   assert runner.Options("runs/x", tensorboard_dir="tb").log_root == "tb"
   assert runner.Options("runs/x", tensorboard_dir="").log_root == ""
-  events = tensorboard.Events(None, steps_per_epoch=4)
+  events = tensorboard.Events(None, epoch_end_steps=(4, 8))
   events(0, None)  # nothing to write to, nothing read
   events.finish([None])
 
@@ -129,12 +129,12 @@ def test_after_a_resume_each_step_is_there_once_and_restored_rows_are_not_rewrit
   in `removed`; the second resumes from the newest one left (or starts over)."""
   run, logs, ckpt = four_epochs, str(tmp_path / "tb"), str(tmp_path / "ckpt")
   spe = run.program.steps_per_epoch
-  with tensorboard.Events([logs], steps_per_epoch=spe) as events:
+  with tensorboard.Events([logs], epoch_end_steps=run.program.first.epoch_end_steps) as events:
     loop.run_loop(run, checkpoint_dir=ckpt, on_epoch=events)
   for name in removed:
     shutil.rmtree(os.path.join(ckpt, name))
   resumed_at = time.time()
-  with tensorboard.Events([logs], steps_per_epoch=spe) as events:
+  with tensorboard.Events([logs], epoch_end_steps=run.program.first.epoch_end_steps) as events:
     (history,) = loop.run_loop(run, checkpoint_dir=ckpt, on_epoch=events)
     events.finish([history])
   assert len(glob.glob(os.path.join(logs, "*tfevents*"))) == 2
