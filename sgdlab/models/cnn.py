@@ -57,32 +57,25 @@ def _windows(x: jnp.ndarray) -> list[jnp.ndarray]:
   return [x[:, :, i, :, j, :] for i in (0, 1) for j in (0, 1)]
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
   """2x2, stride-2 VALID max-pool: `nn.max_pool`'s values and gradient (all of it to
   the first maximum of a window, as select-and-scatter gives), computed elementwise,
-  which XLA:CPU fuses; its select-and-scatter it does not."""
+  which XLA:CPU fuses; its select-and-scatter it does not. A JVP rule rather than a VJP
+  rule: the gradient is its transpose, and forward-over-reverse Hessian-vector products
+  (sgdlab.curvature) can differentiate that gradient again."""
   a, b, c, d = _windows(x)
   return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
-def _pool_fwd(x):
-  return max_pool_2x2(x), x
-
-
-def _pool_bwd(x, g):
-  m = max_pool_2x2(x)  # recomputed (elementwise, cheap) rather than kept as a residual
+@max_pool_2x2.defjvp
+def _pool_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  m = max_pool_2x2(x)
   taken = jnp.zeros(m.shape, bool)
-  parts = []
-  for v in _windows(x):  # ties: the first maximum in window order takes the gradient
+  out = jnp.zeros(m.shape, t.dtype)
+  for v, tv in zip(_windows(x), _windows(t)):  # ties: the first maximum in window order
     first = (v == m) & ~taken
     taken = taken | first
-    parts.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
-  b, h, w, c = x.shape
-  h2, w2 = h // 2, w // 2
-  grad = jnp.stack(parts, axis=-2).reshape(b, h2, w2, 2, 2, c)
-  grad = grad.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h2, 2 * w2, c)
-  return (jnp.pad(grad, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
-
-
-max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
+    out = out + jnp.where(first, tv, jnp.zeros((), t.dtype))
+  return m, out
