@@ -55,7 +55,9 @@ class History:
     wall = float(np.sum(self.epochs.get("wall_time", [])))
     n = sum(1 for _ in self.epochs.get("epoch", []))
     eps = self.epochs.get("examples_per_sec", [])
-    return dict(run=self.name, batch_size=self.config.get("batch_size"),
+    k = self.config.get("batch_size")
+    sizes = (self.config.get("batch_size_schedule") or {}).get("sizes") or ()
+    return dict(run=self.name, batch_size=">".join(map(str, (k, *sizes))) if sizes else k,
                 learning_rate=self.config.get("learning_rate"),
                 lr_decay=self.config.get("lr_decay"),
                 train_accuracy=self.final("train_accuracy"),

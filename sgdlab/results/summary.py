@@ -173,6 +173,10 @@ def rebuild(workdir: str, title: str = "") -> str:
     if found.histories:
       sweep_figures.sweep_figure(found.histories, os.path.join(workdir, "sweep.png"), title=title)
       _curvature_figures(workdir, found.histories, title)
+      if any("batch_size" in h.epochs for h in found.histories):  # a batch_size_schedule
+        from sgdlab.results import schedule_figures
+        schedule_figures.accuracy_by_schedule(found.histories,
+                                              os.path.join(workdir, "schedules.png"))
   return text
 
 

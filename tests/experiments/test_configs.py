@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO, experiment
 from sgdlab.studies import corpus, fit as fit_study_lib, steps_to_target
+from sgdlab.results import summary as summary_lib
 from sgdlab.sweep import runner
 
 EXPERIMENTS = os.path.join(REPO, "experiments")
@@ -116,3 +117,19 @@ def test_edge_of_stability_draws_sharpness_over_steps(tmp_path):
   assert runner.run_sweep(config, runner.Options(str(tmp_path))) == 0
   assert (tmp_path / "sharpness_over_steps.png").is_file()
   assert "lr x lambda_max peaked" in (tmp_path / "summary.md").read_text()
+
+
+def test_increase_batch_size_arms_match_in_epochs_and_differ_in_updates(tmp_path):
+  config = experiment("increase_batch_size").get_config("small")
+  assert runner.run_sweep(config, runner.Options(str(tmp_path))) == 0
+  assert (tmp_path / "schedules.png").is_file()
+  summary = (tmp_path / "summary.md").read_text()
+  assert "| increase k | 8>40>200 |" in summary and "| hybrid | 8>40 |" in summary
+  histories = summary_lib.read_results(str(tmp_path)).histories
+  updates = {h.name: len(h.steps["loss"]) for h in histories}
+  # 256 examples: 6 epochs of 32 updates; 2 x 32 + 2 x 7 + 2 x 2; 2 x 32 + 4 x 7.
+  assert updates == {"decay lr": 192, "increase k": 82, "hybrid": 92}
+  lr = {h.name: h.steps["lr"] for h in histories}
+  assert lr["decay lr"][63] == pytest.approx(0.1) and lr["decay lr"][64] == pytest.approx(0.02)
+  assert lr["hybrid"][77] == pytest.approx(0.1) and lr["hybrid"][78] == pytest.approx(0.02)
+  assert lr["increase k"] == pytest.approx([0.1] * 82)
