@@ -23,7 +23,7 @@ study's best). Each finished (optimizer, k) cell is kept in workdir/cells: a rer
   --config=experiments/optimizers_across_k.py:resnet   the ResNet-8 (batch norm, width 16)
       on the same digits at 14x14, target 0.9, k = 64, 256, 1024, two studies of 6
       trials (CIFAR-10: --config.data.name=cifar10 --config.data.dir=...
-      --config.steps_to_target.target=0.6): 75 min on 2 CPU cores (15 cells)
+      --config.steps_to_target.target=0.6): 102 min on 2 CPU cores, other work beside
   --config.trial_budget.trials=16 --config.trial_budget.studies=3   a larger budget
   --config=experiments/optimizers_across_k.py:small   tiny synthetic data, two k, two
       optimizers, two trials per study: every code path in seconds (what the tests run)

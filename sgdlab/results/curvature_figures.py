@@ -7,14 +7,13 @@ from typing import Sequence
 
 import numpy as np
 
+from sgdlab.results import schedule_figures
 from sgdlab.results.history import History
 
 
 def _steps(h: History) -> np.ndarray:
-  """The update count at each epoch's end."""
-  epochs = np.asarray(h.epochs["epoch"], np.float64)
-  per_epoch = len(h.steps.get("loss", [])) / max(len(epochs), 1)
-  return epochs * per_epoch
+  """The update count at each epoch's end (k may change between epochs)."""
+  return schedule_figures.epoch_end_updates(h)
 
 
 def sharpness_over_steps(histories: Sequence[History], path: str | os.PathLike,
