@@ -15,7 +15,7 @@ Each distinct k is its own compiled program (`sgdlab.train.run.Run.for_epoch`).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -37,9 +37,11 @@ def epoch_batch_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
                for e in range(int(config.num_epochs)))
 
 
-def label(config: ml_collections.ConfigDict) -> str:
-  """"32" for a plain run, "32>160>800" for a schedule: run names and legends."""
-  return ">".join(str(k) for k in (config.batch_size, *config.batch_size_schedule.sizes))
+def label(config: Mapping[str, Any]) -> str:
+  """"32" for a plain run, "32>160>800" for a schedule: run names, legends, summaries.
+  A config or its dict (a History's, which may predate the field)."""
+  sizes = (config.get("batch_size_schedule") or {}).get("sizes") or ()
+  return ">".join(str(k) for k in (config.get("batch_size"), *sizes))
 
 
 def _integers(value: Any, low: int) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdlab.config import batch_schedule
 from sgdlab.results import diagnostics
 
 EPOCH_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
@@ -56,8 +57,8 @@ class History:
     n = sum(1 for _ in self.epochs.get("epoch", []))
     eps = self.epochs.get("examples_per_sec", [])
     k = self.config.get("batch_size")
-    sizes = (self.config.get("batch_size_schedule") or {}).get("sizes") or ()
-    return dict(run=self.name, batch_size=">".join(map(str, (k, *sizes))) if sizes else k,
+    scheduled = (self.config.get("batch_size_schedule") or {}).get("sizes")
+    return dict(run=self.name, batch_size=batch_schedule.label(self.config) if scheduled else k,
                 learning_rate=self.config.get("learning_rate"),
                 lr_decay=self.config.get("lr_decay"),
                 train_accuracy=self.final("train_accuracy"),

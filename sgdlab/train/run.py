@@ -65,9 +65,9 @@ class Run:
                   _evaluate=self._evaluate)
       phase._jitted.update(order=program.order_fn(), advance=program.advance_fn(),
                            evaluate=self._jitted["evaluate"])
-      if program.streamed:
+      if program.streamed:  # the same sources, read in batches of this k
         phase.sources = self.sources
-        _open_streams(phase)
+        _open_training_stream(phase)
       self._phases[k] = phase
       logging.info("epoch %d: k=%d (a program of its own, compiled on its first call)",
                    epoch + 1, k)
@@ -212,6 +212,13 @@ def _open_streams(run: Run) -> None:
   program = run.program
   c = program.first.config
   run.sources.update({split: stream.open_split(c.data, split) for split in program.splits})
+  _open_training_stream(run)
+
+
+def _open_training_stream(run: Run) -> None:
+  """The training stream over run.sources["train"], in batches of the run's k."""
+  program = run.program
+  c = program.first.config
   k, columns = program.first.batch_size, pipeline.process_columns(program.mesh, step.DATA,
                                                                   program.first.batch_size)
   logging.info("grain: process %d reads columns [%d, %d) of every batch of %d",
