@@ -6,10 +6,9 @@ One batch of k=256 synthetic MNIST-shaped images, sgdlab's MLP 784-512-512-10 an
 Keras' mnist_cnn, one device: the gradient, one Hessian-vector product (forward over
 reverse, sgdlab.curvature.hvp) and one Lanczos run of 5 products, each jitted and
 timed in turn, order rotated every round. An HVP is expected to cost 2-3 gradients;
-the CNN's custom-VJP pooling and convolution make sgdlab fall back to reverse over
-reverse, which XLA:CPU runs 17x slower than a gradient (docs/curvature.md). The MLP
-takes seconds on 2 CPU cores, the CNN over 10 minutes (--config.models="('mlp',)"
-leaves it out). The engine is sgdlab.studies.hvp_cost.
+on CPU the CNN's convolutions take their forward-differentiable form
+(conv_impl="im2col_jvp", docs/curvature.md). About 1.5 minutes on 2 CPU cores. The
+engine is sgdlab.studies.hvp_cost.
 
   --config=experiments/benchmark_hvp.py:small   k=16, the MLP, 2 rounds (seconds; what
       the tests run)

@@ -40,11 +40,10 @@ def _reverse_over_reverse(loss_fn: LossFn, params: Any, v: Any) -> Any:
 
 
 def hvp_fn(loss_fn: LossFn, params: Any) -> Callable[[Any], Any]:
-  """v -> H v at params: forward over reverse; where the loss has custom-VJP parts
-  (sgdlab's CPU convolutions and max-pool), which JAX cannot differentiate forward,
-  reverse over reverse (the gradient of g(p)'v: the same product, about twice the
-  memory; on XLA:CPU 17x a gradient for sgdlab's CNN, against 2x forward over
-  reverse for the MLP). The choice is made once, from the loss's jaxpr."""
+  """v -> H v at params: forward over reverse; where the loss has custom-VJP parts,
+  which JAX cannot differentiate forward, reverse over reverse (the gradient of g(p)'v:
+  the same product, about twice the memory, and on XLA:CPU 17x a gradient for a CNN of
+  custom-VJP convolutions, hence `models.for_curvature`). Chosen once, from the jaxpr."""
   jaxpr = str(jax.make_jaxpr(loss_fn)(params))
   product = _reverse_over_reverse if "custom_vjp_call" in jaxpr else _forward_over_reverse
   return lambda v: product(loss_fn, params, v)

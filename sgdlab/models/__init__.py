@@ -72,6 +72,14 @@ BATCH_NORM_MODELS = ("resnet",)
 SEQUENCE_MODELS = ("transformer",)  # take windows of tokens: data.name="text" only
 
 
+def for_curvature(model: nn.Module) -> nn.Module:
+  """The model with the convolution form a Hessian-vector product differentiates forward
+  over reverse (`conv.curvature_impl`): the same parameters, values and gradients."""
+  if not hasattr(model, "conv_impl"):
+    return model
+  return model.clone(conv_impl=conv.curvature_impl(model.conv_impl))
+
+
 def has_batch_norm(cfg: ml_collections.ConfigDict) -> bool:
   """The model keeps running batch statistics (and needs unpadded training batches)."""
   return cfg.name in BATCH_NORM_MODELS

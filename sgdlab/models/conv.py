@@ -12,6 +12,11 @@ slower inside a scan, this one not; it goes over batch chunks where the runtime'
 im2col buffer for it would be large. The forward pass is XLA's. `impl="auto"` takes
 these forms on CPU only; accelerators keep XLA's (cuDNN's) gradients. Figures:
 experiments/benchmark_conv.py.
+
+A custom VJP cannot be differentiated forward, and a Hessian-vector product is cheapest
+forward over reverse (Pearlmutter 1994), so curvature uses "im2col_jvp": the same forms,
+written as a JVP rule whose tangent is linear in plain JAX operations, so that JAX's own
+transposes of it are the two forms above (`curvature_impl`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("auto", "xla", "im2col")
+IMPLS = ("auto", "xla", "im2col", "im2col_jvp")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # A chunk's patch matrix; 2-8 MiB measured equally fast (cb=4..16 images of 648 KiB).
 _CHUNK_BYTES = 6 << 20
@@ -42,6 +47,12 @@ def resolve_impl(impl: str) -> str:
   if impl == "auto":
     return "im2col" if jax.default_backend() == "cpu" else "xla"
   return impl
+
+
+def curvature_impl(impl: str) -> str:
+  """The impl a Hessian-vector product differentiates forward over reverse: "im2col"
+  becomes "im2col_jvp" (same values and gradients); XLA's convolution stays itself."""
+  return "im2col_jvp" if resolve_impl(impl) == "im2col" else resolve_impl(impl)
 
 
 def explicit_padding(padding: Padding, in_shape: Sequence[int], window: Sequence[int],
@@ -161,14 +172,74 @@ def _im2col_bwd(strides, padding, res, dy):
 _im2col_conv.defvjp(_im2col_fwd, _im2col_bwd)
 
 
+def _kernel_linear(x, dk, strides, padding, out_hw):
+  """conv(x, dk) as patches @ dk over `im2col_kernel_grad`'s batch chunks: linear in dk,
+  and JAX's transpose of it is that function's chunked patches^T @ dy."""
+  b, f, window = x.shape[0], dk.shape[-1], dk.shape[:2]
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  per_example = out_hw[0] * out_hw[1] * window[0] * window[1] * x.shape[-1] * x.dtype.itemsize
+  chunk = _chunk_size(b, _CHUNK_BYTES // max(per_example, 1))
+  matrix = dk.reshape(-1, f)
+
+  def one(xc):
+    p = _patches(xc, window, strides, out_hw)
+    return lax.dot_general(p, matrix, (((3,), (0,)), ((), ())))
+
+  xs = _in_chunks(x, chunk)
+  y = one(xs[0])[None] if xs.shape[0] == 1 else lax.map(one, xs)
+  return y.reshape(-1, *y.shape[2:])[:b]
+
+
+def _input_linear(dx, kernel, strides, padding, out_hw):
+  """conv(dx, kernel) as a stride-1 convolution subsampled: linear in dx, and JAX's
+  transpose of it is `input_grad`'s form (dilate, then a plain convolution), over
+  `chunked_input_grad`'s batch chunks."""
+  (sh, sw), (ho, wo) = strides, out_hw
+
+  def one(d):
+    y = _xla_conv(d, kernel, (1, 1), padding)
+    return y[:, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw]
+
+  b, (h, w) = dx.shape[0], dx.shape[1:3]
+  per_example = h * w * kernel.shape[0] * kernel.shape[1] * kernel.shape[3] * dx.dtype.itemsize
+  chunk = _chunk_size(b, _DX_CHUNK_BYTES // max(per_example, 1))
+  if chunk >= b:
+    return one(dx)
+  y = lax.map(one, _in_chunks(dx, chunk))
+  return y.reshape(-1, *y.shape[2:])[:b]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _jvp_conv(x, kernel, strides, padding):
+  return _xla_conv(x, kernel, strides, padding)
+
+
+def _jvp_conv_rule(strides, padding, primals, tangents):
+  """Symbolic zeros: the image's tangent is zero, and its convolution is skipped."""
+  (x, kernel), (dx, dk) = primals, tangents
+  y = _jvp_conv(x, kernel, strides, padding)
+  dy = jnp.zeros_like(y)
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dy = dy + _input_linear(dx, kernel, strides, padding, y.shape[1:3])
+  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+    dy = dy + _kernel_linear(x, dk, strides, padding, y.shape[1:3])
+  return y, dy.astype(y.dtype)
+
+
+_jvp_conv.defjvp(_jvp_conv_rule, symbolic_zeros=True)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
            padding: Padding = "VALID", impl: str = "auto") -> jax.Array:
   """NHWC x HWIO convolution; the values equal XLA's, and so do the gradients (to
   float summation order), whichever `impl` computes the kernel gradient."""
   strides = tuple(int(s) for s in strides)
   pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
-  if resolve_impl(impl) == "xla":
+  impl = resolve_impl(impl)
+  if impl == "xla":
     return _xla_conv(x, kernel, strides, pads)
+  if impl == "im2col_jvp":
+    return _jvp_conv(x, kernel, strides, pads)
   return _im2col_conv(x, kernel, strides, pads)
 
 

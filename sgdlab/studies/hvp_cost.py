@@ -27,13 +27,16 @@ from sgdlab.studies import bench
 from sgdlab.train import step
 
 
-def model_loss(name: str, k: int, seed: int = 0) -> tuple[Callable[[Any], jax.Array], Any]:
+def model_loss(name: str, k: int, seed: int = 0, curvature_form: bool = True
+               ) -> tuple[Callable[[Any], jax.Array], Any]:
   """(loss_fn, params) for sgdlab's `name` model (mlp: 784-512-512-10; cnn: Keras'
   mnist_cnn) on one batch of k synthetic MNIST-shaped images: the training loss the
-  sharpness in training differentiates (`step.training_loss`)."""
+  sharpness in training differentiates (`step.training_loss`), with the model in the
+  form it differentiates (`models.for_curvature`), or as training has it."""
   c = config_lib.default_config().model
   c.name, c.hidden = name, (512, 512)
   model = models.build(c, 10)
+  model = models.for_curvature(model) if curvature_form else model
   data = bench.synthetic(k, seed=seed)
   x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   params = model.init(jax.random.key(seed), x[:1])["params"]
@@ -48,11 +51,13 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def measure_model(name: str, k: int, rounds: int, iterations: int) -> dict[str, Any]:
-  """Median seconds of the gradient, the HVP and a Lanczos run; HVP / gradient per round."""
+  """Median seconds of the training gradient, the HVP and a Lanczos run; HVP / gradient
+  per round."""
   loss_fn, params = model_loss(name, k)
+  training_loss = model_loss(name, k, curvature_form=False)[0]
   v = jax.tree.map(jnp.ones_like, params)
   key = jax.random.key(0)
-  fns = {"gradient": jax.jit(jax.grad(loss_fn)),
+  fns = {"gradient": jax.jit(jax.grad(training_loss)),
          "hvp": jax.jit(lambda p, u: curvature.hvp(loss_fn, p, u)),
          "lanczos": jax.jit(lambda p: curvature.lanczos(loss_fn, p, iterations, key))}
   calls = {"gradient": lambda: fns["gradient"](params), "hvp": lambda: fns["hvp"](params, v),

@@ -215,14 +215,14 @@ class Program:
     c, seq_len, scale = self.first.config, self.first.spec.seq_len, self.first.spec.scale
     sharding = NamedSharding(self.mesh, P(None, step.DATA))
     key = jax.random.PRNGKey(0)  # Lanczos' start: the same for every member and epoch
-    keys = self.sharpness_keys()
+    keys, model = self.sharpness_keys(), models.for_curvature(self.model)
 
     def sharpness(state, x, y, feed):
       batches = jax.vmap(lambda f: pipeline.gather(x, y, f, seq_len))(feed)
       batches = jax.lax.with_sharding_constraint(batches, sharding)
       if not seq_len:
         batches = dict(batches, x=pipeline.unit_images(batches["x"], scale))
-      loss_fn = functools.partial(step.training_loss, self.model, batches=batches)
+      loss_fn = functools.partial(step.training_loss, model, batches=batches)
       eigs = curvature.lanczos(loss_fn, state.params, c.sharpness_iterations, key,
                                top=c.sharpness_top)
       figures = [*eigs, curvature.directional_curvature(loss_fn, state.params)]

@@ -34,6 +34,34 @@ def test_im2col_gradients_equal_xla_gradients(shape, window, strides, padding):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a))))
 
 
+@pytest.mark.parametrize("shape,window,strides,padding", CASES)
+def test_jvp_form_has_xlas_gradients_and_hessian_vector_products(shape, window, strides,
+                                                                 padding, monkeypatch):
+  monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)  # one example per chunk: the scans run
+  monkeypatch.setattr(conv, "_DX_CHUNK_BYTES", 1)
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), (*window, shape[-1], 6))
+  loss = lambda impl: lambda x, w: jnp.sum(jnp.sin(conv.conv2d(x, w, strides, padding, impl)))
+  tangents = (jax.random.normal(jax.random.PRNGKey(2), x.shape),
+              jax.random.normal(jax.random.PRNGKey(3), w.shape))
+  for product in (jax.grad, lambda f, argnums: lambda x, w: jax.jvp(  # forward over reverse
+      jax.grad(f, argnums), (x, w), tangents)[1]):
+    want, got = (product(loss(i), (0, 1))(x, w) for i in ("xla", "im2col_jvp"))
+    for a, b in zip(want, got):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(a))))
+
+
+def test_curvature_form_keeps_parameters_and_has_no_custom_vjp():
+  net = cnn.CNN(features=(3, 4), dense=8, dropout=0.0, dense_dropout=0.0, conv_impl="im2col")
+  x = jax.random.normal(jax.random.PRNGKey(7), (2, 10, 10, 1))
+  params = net.init(jax.random.PRNGKey(8), x)
+  curv = models.for_curvature(net)
+  assert curv.conv_impl == "im2col_jvp" and conv.curvature_impl("xla") == "xla"
+  np.testing.assert_array_equal(curv.apply(params, x), net.apply(params, x))
+  jaxpr = lambda m: str(jax.make_jaxpr(lambda p: m.apply(p, x).sum())(params))
+  assert "custom_vjp_call" in jaxpr(net) and "custom_vjp_call" not in jaxpr(curv)
+
+
 @pytest.mark.parametrize("batch", [7, 12])
 def test_kernel_gradient_over_chunks_with_a_padded_last_chunk(batch, monkeypatch):
   # Tiny chunks force the scan; a prime batch forces padding with zero examples.
