@@ -25,6 +25,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10
   c.learning_rate = 1.0
   c.lr_decay = 1e-3  # Keras' SGD(decay=...): lr_t = lr / (1 + decay * t) with inverse_time
+  # Training loss against (1 - eps) onehot + eps / classes (Szegedy et al. 2016), in
+  # [0, 1); 0 = plain cross-entropy. Evaluation loss and accuracy use the true labels.
+  c.label_smoothing = 0.0
   # Gradient accumulation: per-device micro-batch (0 = none). k / (n_devices * this)
   # micro-steps per optimizer update; "auto": the planner picks it for a fixed k.
   c.microbatch_size = config_dict.FieldReference(0, field_type=object)

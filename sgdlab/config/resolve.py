@@ -222,6 +222,8 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
   check_number("learning_rate", c.learning_rate, low=0, strict=True,
                what="a finite number > 0")
   check_number("lr_decay", c.lr_decay, low=0, what="a finite number >= 0")
+  check_number("label_smoothing", c.label_smoothing, low=0, high=1, high_open=True,
+               what="a number in [0, 1) (0: plain cross-entropy)")
   check_number("seed", c.seed, low=0, integer=True, what="an integer >= 0")
   check_number("eval_batch_size", c.eval_batch_size, low=1, integer=True,
                what="an integer >= 1")

@@ -19,17 +19,18 @@ from sgdlab.models import batchnorm, conv
 from sgdlab.models.cnn import CNN
 from sgdlab.models.mlp import MLP
 from sgdlab.models.resnet import ResNet
+from sgdlab.models.resnet_imagenet import DEPTHS as IMAGENET_DEPTHS, ImageNetResNet
 from sgdlab.models.transformer import Transformer
 
-__all__ = ["CNN", "MLP", "MODELS", "ResNet", "Transformer", "build", "default_config",
-           "has_batch_norm", "validate"]
+__all__ = ["CNN", "ImageNetResNet", "MLP", "MODELS", "ResNet", "Transformer", "build",
+           "default_config", "has_batch_norm", "validate"]
 
 KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
                 "glorot_uniform": nn.initializers.glorot_uniform()}
 # Sizes are per model (a ResNet's depth counts layers, a Transformer's blocks): a config
 # that sets a shared `depth` or `width` is told the per-model names.
-_RENAMED = {"depth": "resnet_depth or transformer_depth",
-            "width": "resnet_width or transformer_width"}
+_RENAMED = {"depth": "imagenet_depth, resnet_depth or transformer_depth",
+            "width": "imagenet_width, resnet_width or transformer_width"}
 
 
 def _mlp(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any, seq_len: int) -> nn.Module:
@@ -51,6 +52,14 @@ def _resnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
                 conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat)
 
 
+def _imagenet_resnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
+                     seq_len: int) -> nn.Module:
+  return ImageNetResNet(depth=cfg.imagenet_depth, width=cfg.imagenet_width,
+                        num_classes=num_classes, bn_mode=cfg.bn_mode,
+                        bn_virtual_batch_size=cfg.bn_virtual_batch_size,
+                        conv_impl=cfg.conv_impl, dtype=dtype, remat=cfg.remat)
+
+
 def _transformer(cfg: ml_collections.ConfigDict, num_classes: int, dtype: Any,
                  seq_len: int) -> nn.Module:
   return Transformer(vocab_size=num_classes, seq_len=seq_len, width=cfg.transformer_width,
@@ -66,9 +75,10 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, int, Any, int], nn.Module
     "mlp": _mlp,
     "cnn": _cnn,
     "resnet": _resnet,
+    "imagenet_resnet": _imagenet_resnet,
     "transformer": _transformer,
 }
-BATCH_NORM_MODELS = ("resnet",)
+BATCH_NORM_MODELS = ("resnet", "imagenet_resnet")
 SEQUENCE_MODELS = ("transformer",)  # take windows of tokens: data.name="text" only
 
 
@@ -102,12 +112,16 @@ def default_config() -> ml_collections.ConfigDict:
       # the first stage (then 2x, 4x).
       resnet_depth=8,
       resnet_width=16,
+      # imagenet_resnet: He et al.'s ImageNet ResNet v1.5 of 18, 34, 50 or 101 layers, and
+      # the stem's and first stage's filters (64; then 2x, 4x, 8x).
+      imagenet_depth=50,
+      imagenet_width=64,
       # A byte-level Transformer: blocks, and the model (embedding) width.
       transformer_depth=2,
       transformer_width=128,
       heads=4,  # transformer: attention heads (divide the width)
       tied_embedding=True,  # transformer: output logits from the token embedding
-      bn_mode="device",  # resnet: batch statistics per "device" share, "virtual", "sync"
+      bn_mode="device",  # resnets: batch statistics per "device" share, "virtual", "sync"
       bn_virtual_batch_size=0,  # bn_mode="virtual": examples per statistics group
       bn_momentum=0.9,  # running averages: r <- m r + (1 - m) batch moment, per update
   ))
@@ -135,12 +149,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError("model.dense", cfg.dense, "a positive width")
   if cfg.kernel_init not in KERNEL_INITS:
     raise ConfigError("model.kernel_init", cfg.kernel_init, f"one of {list(KERNEL_INITS)}")
-  for field in ("resnet_depth", "resnet_width", "transformer_depth", "transformer_width"):
+  for field in ("resnet_depth", "resnet_width", "imagenet_width", "transformer_depth",
+                "transformer_width"):
     if not isinstance(cfg[field], int) or cfg[field] < 1:
       raise ConfigError(f"model.{field}", cfg[field], "a positive integer")
   if cfg.name == "resnet" and (cfg.resnet_depth < 8 or (cfg.resnet_depth - 2) % 6):
     raise ConfigError("model.resnet_depth", cfg.resnet_depth,
                       "6n + 2 with n >= 1 (8, 20, 32, 56, ...)")
+  if (not isinstance(cfg.imagenet_depth, int) or isinstance(cfg.imagenet_depth, bool)
+      or cfg.imagenet_depth not in IMAGENET_DEPTHS):
+    raise ConfigError("model.imagenet_depth", cfg.imagenet_depth,
+                      f"one of {list(IMAGENET_DEPTHS)}")
   if cfg.name == "transformer" and (not isinstance(cfg.heads, int) or cfg.heads < 1
                                     or cfg.transformer_width % cfg.heads):
     raise ConfigError("model.heads", cfg.heads, "a positive number of heads dividing "

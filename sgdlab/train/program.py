@@ -222,7 +222,8 @@ class Program:
       batches = jax.lax.with_sharding_constraint(batches, sharding)
       if not seq_len:
         batches = dict(batches, x=pipeline.unit_images(batches["x"], scale))
-      loss_fn = functools.partial(step.training_loss, model, batches=batches)
+      loss_fn = functools.partial(step.training_loss, model, batches=batches,
+                                  label_smoothing=c.label_smoothing)
       eigs = curvature.lanczos(loss_fn, state.params, c.sharpness_iterations, key,
                                top=c.sharpness_top)
       figures = [*eigs, curvature.directional_curvature(loss_fn, state.params)]
@@ -302,7 +303,8 @@ def build_program(members: Resolved | Sequence[Resolved], mesh: Mesh | None = No
   make_step = functools.partial(step.make_train_step, model, tx, lr_fn, mesh,
                                 accumulation_steps=first.accumulation_steps,
                                 noise_scale=c.noise_scale, noise_groups=first.noise_groups,
-                                bn_momentum=c.model.bn_momentum)
+                                bn_momentum=c.model.bn_momentum,
+                                label_smoothing=c.label_smoothing)
   # uint8 pixels -> [0, 1]; text windows arrive as int32 tokens.
   scaled = ((lambda f: f) if first.spec.seq_len
             else functools.partial(pipeline.scaled_step, scale=first.spec.scale))

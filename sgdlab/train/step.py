@@ -120,12 +120,24 @@ def targets_per_example(batch: Batch) -> int:
   return math.prod(batch["y"].shape[1:])
 
 
-def _losses(logits: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _losses(logits: jax.Array, y: jax.Array, m: jax.Array, label_smoothing: float = 0.0
+            ) -> tuple[jax.Array, jax.Array]:
   """Masked cross-entropy and correctness per target: per example, or per token of a
   window (the loss of a language model is per token, each window's tokens weighted
-  alike)."""
+  alike).
+
+  label_smoothing = eps > 0 (training only): the cross-entropy against the one-hot
+  target mixed with the uniform distribution, (1 - eps) onehot + eps / classes
+  (Szegedy et al. 2016, section 7), which is (1 - eps) CE + eps mean_c(-log_softmax).
+  Correctness is always against the true labels; eps = 0 is the plain loss, untouched.
+  """
   m = m.reshape(m.shape + (1,) * (y.ndim - 1))
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype),
+                                  label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
+  else:
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
   correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
   return losses * m, correct * m
 
@@ -173,7 +185,7 @@ def _accumulate(grad_fn: Callable, params: Any, batch: Batch, rng: jax.Array, st
 
 
 def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
-                     groups: int | None, accumulation: int = 1
+                     groups: int | None, accumulation: int = 1, label_smoothing: float = 0.0
                      ) -> tuple[Any, Metrics, Any, Any]:
   """Inside shard_map: this device's gradient sum, then the global mean gradient.
 
@@ -181,7 +193,8 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
   of the per-group gradient sums [accumulation * groups], or None when groups is None,
   batch norm's batch moments averaged over micro-batches, groups and devices). Masked
   (padding) examples contribute nothing, so a partial last batch is an honest mean over
-  fewer examples, as in Keras. Groups split each micro-batch when accumulating.
+  fewer examples, as in Keras. Groups split each micro-batch when accumulating. The loss
+  is smoothed by `label_smoothing` (`_losses`).
   """
   n_dev = jax.lax.psum(1, DATA)
   mask = batch["mask"]
@@ -190,7 +203,7 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
   def loss_sum(params, x, y, m, rng):
     logits, moments = model.apply({"params": params}, x, train=True, rngs={"dropout": rng},
                                   mutable=["batch_moments"])
-    losses, correct = _losses(logits, y, m)
+    losses, correct = _losses(logits, y, m, label_smoothing)
     return jnp.sum(losses), (jnp.sum(correct), dict(moments.get("batch_moments", {})))
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
@@ -212,27 +225,30 @@ def _local_gradients(model: nn.Module, params: Any, batch: Batch, rng: jax.Array
   return grads, metrics, group_sq, jax.tree.map(_pmean, moments)
 
 
-def training_loss(model: nn.Module, params: Any, batches: Batch) -> jax.Array:
+def training_loss(model: nn.Module, params: Any, batches: Batch,
+                  label_smoothing: float = 0.0) -> jax.Array:
   """The mean training loss over batches stacked on a leading axis, each applied as one
   device applies a batch of k in training (batch norm's statistics of that batch), with
-  one fixed dropout mask: a deterministic function of params, whatever the device count,
-  whose Hessian `sgdlab.curvature` measures."""
+  one fixed dropout mask and the train step's label smoothing: a deterministic function
+  of params, whatever the device count, whose Hessian `sgdlab.curvature` measures."""
 
   def sums(batch):
     logits, _ = model.apply({"params": params}, batch["x"], train=True,
                             rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_moments"])
-    losses, _ = _losses(logits, batch["y"], batch["mask"])
+    losses, _ = _losses(logits, batch["y"], batch["mask"], label_smoothing)
     return jnp.sum(losses), jnp.sum(batch["mask"]) * targets_per_example(batch)
 
   loss_sums, counts = jax.lax.map(sums, batches)
   return jnp.sum(loss_sums) / jnp.maximum(jnp.sum(counts), 1.0)
 
 
-def make_grad_fn(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], Any]:
+def make_grad_fn(model: nn.Module, mesh: Mesh, label_smoothing: float = 0.0
+                 ) -> Callable[[Any, Batch], Any]:
   """The data-parallel gradient alone (no dropout rng needed): what tests compare."""
 
   def local(params, batch):
-    return _local_gradients(model, params, batch, jax.random.PRNGKey(0), None)[0]
+    return _local_gradients(model, params, batch, jax.random.PRNGKey(0), None,
+                            label_smoothing=label_smoothing)[0]
 
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(),
                        check_vma=False)
@@ -282,15 +298,15 @@ def _noise_norms(batch: Batch, grads: Any, group_sq: jax.Array, count: jax.Array
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: LrFn,
                     mesh: Mesh, *, accumulation_steps: int = 1, noise_scale: bool = False,
                     noise_groups: int = 0, check_gradients: bool = True,
-                    bn_momentum: float = 0.9
+                    bn_momentum: float = 0.9, label_smoothing: float = 0.0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The SGD step on a global batch sharded over `mesh`; not jitted (callers jit).
 
   `tx` is `sgdlab.optim.optimizer`: its update takes lr_t, which the step computes from
-  the hyperparameters in the state. A loss or
-  gradient that is not finite freezes the state and records the step in diverged_at.
-
-  accumulation_steps: micro-batches per device per update (module docstring).
+  the hyperparameters in the state. A loss or gradient that is not finite freezes the
+  state and records the step in diverged_at. accumulation_steps: micro-batches per
+  device per update (module docstring). label_smoothing > 0: the loss (differentiated
+  and reported) is against smoothed targets (`_losses`); evaluation's is not.
 
   Batch norm's running averages move once per update, toward the batch moments
   averaged over devices and micro-batches: r <- bn_momentum r + (1 - bn_momentum) m.
@@ -319,7 +335,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_fn: L
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), dev)
     # With noise_scale, per-group sums even with one group: the local gradient is needed.
     grads, metrics, group_sq, moments = _local_gradients(
-        model, state.params, batch, rng, groups if noise_scale else None, accumulation_steps)
+        model, state.params, batch, rng, groups if noise_scale else None, accumulation_steps,
+        label_smoothing)
     batch_stats = jax.tree.map(lambda r, m: bn_momentum * r + (1 - bn_momentum) * m,
                                state.batch_stats, moments)
 

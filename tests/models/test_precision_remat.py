@@ -15,6 +15,9 @@ from sgdlab import optim
 LR_FN = lambda count, lr, decay: lr / (1.0 + decay * count)
 # Image models; the language model's precision and remat: tests/models/test_transformer.py.
 IMAGE_MODELS = sorted(set(models.MODELS) - set(models.SEQUENCE_MODELS))
+# The ImageNet ResNet at its smallest (its own tests: tests/models/test_resnet_imagenet.py).
+SMALL = {"imagenet_resnet": {"model.imagenet_depth": 18, "model.imagenet_width": 8}}
+SLOW = ("resnet", "imagenet_resnet")
 
 
 def _batch(shape, k=16, seed=0):
@@ -39,14 +42,16 @@ def _operand_dtypes(text, op):
   return found
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n == "imagenet_resnet" else n for n in IMAGE_MODELS])
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(name, mesh1):
   results = {}
   for dtype in ("float32", "bfloat16"):
     resolved = config_lib.resolve(tiny_config(dtype=dtype, drop_remainder=True,
                                               **{"model.name": name,
                                                  "model.conv_dropout": 0.0,
-                                                 "model.dense_dropout": 0.0}),
+                                                 "model.dense_dropout": 0.0,
+                                                 **SMALL.get(name, {})}),
                                   n_devices=1)
     program = program_lib.build_program(resolved, mesh1)
     state, batch = program.init_state(), _batch((8, 8, 1))
@@ -58,7 +63,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(name, mesh1)
     dots, convs = _operand_dtypes(text, "dot_general"), _operand_dtypes(text, "convolution")
     want = "bf16" if dtype == "bfloat16" else "f32"
     assert dots and all(set(d) == {want} for d in dots), dots
-    assert (len(convs) > 0) == (name in ("cnn", "resnet"))
+    assert (len(convs) > 0) == (name in ("cnn", "resnet", "imagenet_resnet"))
     assert all(set(c) == {want} for c in convs), convs
     new_state, metrics = train_step(state, batch)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(new_state.params))
@@ -68,13 +73,14 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(name, mesh1)
   assert abs(results["bfloat16"] - results["float32"]) < 1e-2
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet"
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW
                                   else n for n in IMAGE_MODELS])
 def test_remat_gives_the_same_gradients(name, mesh1):
   grads = []
   for remat in (False, True):
     config = tiny_config(drop_remainder=True, **{"model.name": name, "model.remat": remat,
-                            "model.conv_dropout": 0.0, "model.dense_dropout": 0.0})
+                            "model.conv_dropout": 0.0, "model.dense_dropout": 0.0,
+                            **SMALL.get(name, {})})
     program = program_lib.build_program(config_lib.resolve(config, n_devices=1), mesh1)
     params = program.init_state().params
     grads.append(jax.jit(step.make_grad_fn(program.model, mesh1))(params, _batch((8, 8, 1))))
