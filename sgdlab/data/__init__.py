@@ -20,7 +20,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from sgdlab.data import augment, cifar, images, sources, splits, stream, text
+from sgdlab.data import augment, cifar, images, imagenet, sources, splits, stream, text
 from sgdlab.data.spec import DataSpec, Dataset
 from sgdlab.errors import ConfigError
 
@@ -40,7 +40,11 @@ def default_config() -> ml_collections.ConfigDict:
       validation_fraction=0.0,  # held out of the training set (after n_train): lr is
       # tuned on it, the test set reported
       split_seed=0,
-      image_size=0,  # 0 = native; else resize to image_size x image_size
+      image_size=0,  # 0 = native; else resize to image_size x image_size; imagenet2012,
+      # array_record: the crop's side (0 = 224)
+      eval_resize=0,  # imagenet2012, array_record: evaluation's shorter side before the
+      # central crop (0 = image_size x 256 / 224)
+      num_classes=0,  # array_record: the labels' class count; imagenet2012: 0 or its own
       n_train=0,  # 0 = all; else the first n_train training examples
       synthetic_n_train=4096,
       synthetic_n_test=1024,
@@ -74,6 +78,10 @@ def describe(cfg: ml_collections.ConfigDict) -> DataSpec:
   if source.tokens:
     return source.spec(cfg)
   stream.check(cfg)
+  for field in ("num_classes", "eval_resize"):
+    if cfg[field] and cfg.name not in imagenet.NAMES:
+      raise ConfigError(f"data.{field}", cfg[field], f"0 unless data.name is one of "
+                        f"{list(imagenet.NAMES)}")
   if cfg.dir and not source.reads_dir:
     raise ConfigError("data.dir", cfg.dir, "empty unless data.name is one of "
                       f"{[n for n, s in DATASETS.items() if s.reads_dir]}")
@@ -170,6 +178,8 @@ DATASETS: dict[str, Source] = {
                         sources.validate_synthetic),
     **{name: Source(cifar.native_spec, cifar.load, reads_dir=True) for name in cifar.NAMES},
     **{name: Source(_describe_text, _load_text, tokens=True) for name in text.NAMES},
+    **{name: Source(imagenet.spec, imagenet.load, imagenet.check, reads_dir=True)
+       for name in imagenet.NAMES},
 }
 
 

@@ -1,5 +1,6 @@
-"""Training-time augmentation on device: CIFAR's random crop (4-pixel zero padding) and
-horizontal flip.
+"""Training-time augmentation: CIFAR's random crop (4-pixel zero padding) and horizontal
+flip on device; ImageNet's random-resized crop and flip on the host, as its JPEGs are
+decoded (`"inception_crop"`, `sgdlab.data.imagenet`).
 
 Each example's draw is a function of (the run's seed, the epoch, its index in the
 dataset) alone: `draws` computes it with the epoch's batch order, as one int32 per
@@ -9,7 +10,8 @@ flip whatever the device count, the micro-batching, the pipeline (device or grai
 resume, and a different one every epoch. Evaluation is never augmented.
 
 A draw d in [0, 162) means: flip if d >= 81; the crop's top-left corner in the padded
-image is (row, col) = divmod(d % 81, 9).
+image is (row, col) = divmod(d % 81, 9). A host draw is in [0, 2^31 - 1): the seed of
+that example's crop and flip.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import ml_collections
 
 from sgdlab.errors import ConfigError
 
-AUGMENTS = ("auto", "none", "crop_flip")
+AUGMENTS = ("auto", "none", "crop_flip", "inception_crop")
+HOST = ("inception_crop",)  # made where the images are decoded, from the order's draws
+HOST_DATASETS = ("imagenet2012", "array_record")  # encoded images: "auto" and HOST apply
 PAD = 4
 OFFSETS = 2 * PAD + 1  # crop corners per axis: 9, so 81 crops
 DRAWS = 2 * OFFSETS * OFFSETS  # with or without a flip
@@ -38,17 +42,29 @@ def mode(cfg: ml_collections.ConfigDict, input_shape: Sequence[int]) -> str:
   if name not in AUGMENTS:
     raise ConfigError("data.augment", name, f"one of {list(AUGMENTS)}")
   if name == "auto":
-    name = "crop_flip" if cfg.name in ("cifar10", "cifar100") else "none"
+    name = ("crop_flip" if cfg.name in ("cifar10", "cifar100") else
+            "inception_crop" if cfg.name in HOST_DATASETS else "none")
+  if (name in HOST) != (cfg.name in HOST_DATASETS) and name != "none":
+    raise ConfigError("data.augment", cfg.augment, f"one of {list(HOST)} or 'none' for "
+                      f"data.name in {list(HOST_DATASETS)}, and not for others")
   if name == "crop_flip" and len(input_shape) != 3:
     raise ConfigError("data.augment", cfg.augment, "'none' for inputs of shape "
                       f"{tuple(input_shape)}: crop_flip wants [H, W, C] images")
   return name
 
 
-def draws(order_key: jax.Array, epoch: jax.Array, idx: jax.Array) -> jax.Array:
-  """int32 draws in [0, DRAWS), shaped as idx: one per example, from its dataset index."""
+def on_device(name: str) -> bool:
+  """The step crops the batch (the feed carries the draws to the device)."""
+  return name not in ("none", *HOST)
+
+
+def draws(order_key: jax.Array, epoch: jax.Array, idx: jax.Array, host: bool = False
+          ) -> jax.Array:
+  """int32 draws in [0, DRAWS) (host: [0, 2^31 - 1)), shaped as idx: one per example,
+  from its dataset index."""
   root = jax.random.fold_in(jax.random.fold_in(order_key, _ROOT), epoch)
-  one = lambda i: jax.random.randint(jax.random.fold_in(root, i), (), 0, DRAWS)  # noqa: E731
+  top = 2**31 - 1 if host else DRAWS
+  one = lambda i: jax.random.randint(jax.random.fold_in(root, i), (), 0, top)  # noqa: E731
   return jax.vmap(one)(idx.reshape(-1)).reshape(idx.shape).astype(jnp.int32)
 
 

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from sgdlab.data import idx, sources
+from sgdlab.data import augment, idx, imagenet, sources
+from sgdlab.data.imagenet import RecordSource
 from sgdlab.data.images import resizes, to_unit
 from sgdlab.errors import ConfigError, unwritable
 
@@ -87,8 +88,11 @@ class ArraySource:
     return x.reshape(*indices.shape, *x.shape[1:]), self.labels[flat].reshape(indices.shape)
 
 
-def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource:
+def open_split(cfg: ml_collections.ConfigDict, split: str) -> ArraySource | RecordSource:
   """A split of `config.data` (described already) as a source read from disk."""
+  if cfg.name in imagenet.NAMES:
+    return RecordSource(cfg, split, augment=split == "train" and augment.mode(
+        cfg, ()) in augment.HOST)
   if cfg.name == "mnist" and cfg.dir and not cfg.validation_fraction:
     found = idx.idx_headers(cfg)
     images, labels = sources.read_idx_split(cfg, found, split)
@@ -175,10 +179,15 @@ class Stream:
     """Global step `step`'s batch: this process's columns of its order row, read."""
     epoch, s = divmod(int(step), self.steps_per_epoch)
     order = self.order(epoch)
-    x, y = self.source.batch(order["idx"][..., s, self.columns])
+    indices = order["idx"][..., s, self.columns]
+    draws = order["draw"][..., s, self.columns] if "draw" in order else None
+    if getattr(self.source, "host_augment", False):  # cropped as they are decoded
+      x, y = self.source.batch(indices, draws)
+      return dict(x=x, y=y, mask=order["mask"][s, self.columns])
+    x, y = self.source.batch(indices)
     out = dict(x=x, y=y, mask=order["mask"][s, self.columns])
-    if "draw" in order:
-      out["draw"] = order["draw"][..., s, self.columns]
+    if draws is not None:
+      out["draw"] = draws
     return out
 
   @property

@@ -73,8 +73,12 @@ class Program:
     return self.first.config.data.pipeline == "grain"
 
   @property
-  def augmented(self) -> bool:  # the feed carries each example's draw (sgdlab.data.augment)
-    return augment.mode(self.first.config.data, self.first.spec.input_shape) != "none"
+  def augment_mode(self) -> str:  # sgdlab.data.augment
+    return augment.mode(self.first.config.data, self.first.spec.input_shape)
+
+  @property
+  def augmented(self) -> bool:  # the feed carries each example's draw to the device
+    return augment.on_device(self.augment_mode)
 
   @property
   def steps_per_call(self) -> int:
@@ -130,8 +134,9 @@ class Program:
       if seq_len:  # windows -> their starts, from this epoch's offset
         feed["idx"] = text.window_starts(feed["idx"], text.epoch_offset(key, epoch, seq_len),
                                          seq_len, c.spec.train_tokens)
-      if self.augmented:
-        feed["draw"] = augment.draws(key, epoch, feed["idx"])
+      if self.augment_mode != "none":  # host modes: the stream reads them
+        feed["draw"] = augment.draws(key, epoch, feed["idx"],
+                                     host=not augment.on_device(self.augment_mode))
       return feed
 
     if self.population:

@@ -40,10 +40,24 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("pipeline", ["device", "grain"])
+def _imagenet_lines(tmp_path) -> str:
+  """A TFDS-layout ImageNet of 64 generated JPEGs, cropped to 12x12 (tests/data)."""
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
+  import imagenet_support  # pylint: disable=g-import-not-at-top
+  root = imagenet_support.write_tfds(tmp_path / "tfds", {
+      "train": imagenet_support.examples(64, 10, 0),
+      "validation": imagenet_support.examples(16, 10, 1)})
+  return (f"c.data.name, c.data.dir = 'imagenet2012', {root!r}\n"
+          "  c.data.image_size, c.data.eval_resize = 12, 14\n")
+
+
+@pytest.mark.parametrize("pipeline", ["device", "grain", "imagenet"])
 def test_two_processes_give_the_metrics_of_one(tmp_path, pipeline):
-  """With grain, each process reads only the half of every batch its device holds."""
-  text = CONFIG.replace("return c", f"c.data.pipeline = {pipeline!r}\n"
+  """With grain, each process reads only the half of every batch its device holds;
+  ImageNet's records are decoded and cropped by the process that holds them."""
+  extra = _imagenet_lines(tmp_path) if pipeline == "imagenet" else ""
+  pipeline = "grain" if pipeline == "imagenet" else pipeline
+  text = CONFIG.replace("return c", f"{extra}  c.data.pipeline = {pipeline!r}\n"
                         f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n  return c")
   config = tmp_path / "multihost.py"
   config.write_text(text)
