@@ -8,9 +8,12 @@ crop to 224, flip) and the evaluation view (eval_image: shorter side 256, centra
 for each JPEG decoder (Pillow, simplejpeg, OpenCV; one that is not installed is a row
 saying so), with and without DCT-domain downscaling; images per CPU-second of the
 thread and per wall second. It picked the decoder sgdlab.data.jpeg uses: Pillow, within
-~5-15% of the fastest on the views. About 70 s on 2 shared CPU cores (2 minutes with
---config.scale=2 --config.n=100, images twice the size). The engine is
-sgdlab.studies.input_speed.
+~5-15% of the fastest on the views. Then the same images as an ArrayRecord folder read
+through sgdlab's training stream (grain threads parsing, decoding and cropping: the
+images per second a host's cores deliver), and one ResNet-50 train step at k=8 on this
+device (what it consumes). About 3 minutes on 2 CPU cores (more with
+--config.scale=2 --config.n=100, images twice the size). The engines are
+sgdlab.studies.input_speed and stream_speed.
 
   --config=experiments/benchmark_input.py:small   8 images, one round, Pillow and
       simplejpeg (seconds; what the tests run)
@@ -23,7 +26,7 @@ import os
 import ml_collections
 
 from sgdlab import cli
-from sgdlab.studies import input_speed
+from sgdlab.studies import stream_speed
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -38,15 +41,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       resize=256,  # the evaluation view's shorter side before its central crop
       rounds=5,  # passes over the set per setting, order rotated
       decoders=("pillow", "simplejpeg", "opencv"),
+      stream_threads=(1, 2),  # grain threads of sgdlab's training stream, each timed
+      stream_k=32,  # its batch
+      stream_batches=8,  # batches per timed stretch
+      resnet_k=8,  # a ResNet-50 train step at this k on this device (0: not timed)
   ))
   if variant == "small":
     c.n, c.rounds, c.decoders = 8, 1, ("pillow", "simplejpeg")
+    c.stream_threads, c.stream_k, c.stream_batches, c.resnet_k = (1,), 4, 1, 0
   return c
 
 
 def main(argv: list[str]) -> None:
   del argv
-  input_speed.measure(cli.config())
+  stream_speed.measure(cli.config())
 
 
 if __name__ == "__main__":

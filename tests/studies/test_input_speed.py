@@ -6,7 +6,7 @@ import pytest
 
 from conftest import experiment
 from sgdlab.data import jpeg
-from sgdlab.studies import input_speed
+from sgdlab.studies import input_speed, stream_speed
 
 
 def _rate(cell):
@@ -15,7 +15,9 @@ def _rate(cell):
 
 def test_the_small_variant_reports_every_task_for_every_installed_decoder():
   config = experiment("benchmark_input").get_config("small")
-  table = input_speed.measure(config)
+  table = stream_speed.measure(config)
+  (stream,) = [r for r in table if r.startswith("| stream |")]
+  assert float(stream.split(" | ")[2].strip(" |").replace(",", "")) > 0
   for decoder in config.decoders:
     found = [r for r in table if r.startswith(f"| {decoder} |")]
     if not input_speed.installed(decoder):
