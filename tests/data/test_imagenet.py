@@ -108,9 +108,13 @@ def test_both_layouts_train_and_evaluate(folders, mesh1, name):
   assert all(np.isfinite(history.steps["loss"]))
 
 
-def test_the_launcher_trains_on_the_tfds_layout(folders, tmp_path):
+@pytest.mark.parametrize("name", ["imagenet2012", "array_record"])
+def test_the_launcher_trains_on_both_layouts(folders, tmp_path, name):
   config = tmp_path / "imagenet_tiny.py"
-  config.write_text(KILLABLE.format(folder=folders["imagenet2012"], epochs=2))
+  config.write_text(KILLABLE.format(folder=folders[name], epochs=2).replace(
+      '"imagenet2012"', repr(name)).replace("return c", f"c.data.num_classes = "
+                                             f"{CLASSES if name == 'array_record' else 0}\n"
+                                             "  return c"))
   done = subprocess.run([sys.executable, "-m", "sgdlab.launch", f"--config={config}",
                          f"--workdir={tmp_path / 'runs'}"], env=conftest.subprocess_env(1),
                         capture_output=True, text=True, timeout=300)
