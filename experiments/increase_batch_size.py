@@ -15,7 +15,7 @@ schedules.png (test accuracy against epochs and against updates). About 3 minute
 CPU cores. docs/batch_size_schedule.md states what it found.
 
   --config=experiments/increase_batch_size.py:resnet   the ResNet-8 (batch norm, width
-      16) on the digits at 14x14, same arms (about 40 minutes)
+      16) on the digits at 14x14, same arms (about an hour)
   --config=experiments/increase_batch_size.py:small   tiny synthetic data, 6 epochs,
       2 seeds (seconds; what the tests run)
 """
