@@ -13,9 +13,9 @@ On a TPU pod or GPU cluster, one process per host, every host seeing the TFDS fo
   gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command "cd sgdlab && \
     python -m sgdlab.launch --config=experiments/goyal_imagenet.py --multihost \
       --config.data.dir=$TFDS_DATA_DIR --workdir=/mnt/shared/runs/goyal"
-  srun --nodes=32 --ntasks-per-node=8 --gpus-per-task=1 python -m sgdlab.launch \
-    --config=experiments/goyal_imagenet.py --multihost --config.data.dir=$TFDS_DATA_DIR \
-    --workdir=$SCRATCH/runs/goyal
+  python -m sgdlab.launch --config=experiments/goyal_imagenet.py --submit=slurm \
+    --multihost --submit_nodes=32 --submit_tasks_per_node=8 --submit_gpus_per_task=1 \
+    --config.data.dir=$TFDS_DATA_DIR --workdir=$SCRATCH/runs/goyal  (or srun ... --multihost)
 Seeds or k as a SLURM array of one-host runs (each worker a point, resumable):
   python -m sgdlab.launch --config=experiments/goyal_imagenet.py --submit=slurm \
     --num_workers=4 --submit_gpus_per_task=8 --config.data.dir=$TFDS_DATA_DIR \

@@ -14,9 +14,9 @@ On a TPU pod or GPU cluster, one process per host:
   gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command "cd sgdlab && \
     python -m sgdlab.launch --config=experiments/lars_imagenet.py --multihost \
       --config.data.dir=$TFDS_DATA_DIR --workdir=/mnt/shared/runs/lars"
-  srun --nodes=128 --ntasks-per-node=8 --gpus-per-task=1 python -m sgdlab.launch \
-    --config=experiments/lars_imagenet.py --multihost --config.data.dir=$TFDS_DATA_DIR \
-    --workdir=$SCRATCH/runs/lars
+  python -m sgdlab.launch --config=experiments/lars_imagenet.py --submit=slurm \
+    --multihost --submit_nodes=128 --submit_tasks_per_node=8 --submit_gpus_per_task=1 \
+    --config.data.dir=$TFDS_DATA_DIR --workdir=$SCRATCH/runs/lars
 The lr sweep as a SLURM array of one-host runs (each resumable):
   python -m sgdlab.launch --config=experiments/lars_imagenet.py --submit=slurm \
     --num_workers=4 --submit_gpus_per_task=8 --config.data.dir=$TFDS_DATA_DIR \

@@ -5,7 +5,10 @@ A streamed ImageNet pipeline (grain's worker threads) calls these per example: `
 horizontal flip; Szegedy et al. 2015, "Going deeper with convolutions", section 6, as
 TF's `sample_distorted_bounding_box` and torchvision's `RandomResizedCrop` draw it) and
 `eval_image` (shorter side to 256, central 224 crop; Krizhevsky et al. 2012, He et al.
-2016). Each example's draws come from `example_rng(seed, epoch, index)` alone.
+2016). Each example's draws come from the generator its caller passes: sgdlab's stream
+seeds it with the batch order's draw for that example, a function of (seed, epoch,
+index) alone (`sgdlab.data.imagenet`); `example_rng` is such a generator for callers
+without an order (the benchmark).
 
 Decoding is Pillow's (libjpeg-turbo underneath, as simplejpeg's and OpenCV's):
 experiments/benchmark_input.py on one core finds train_image and eval_image with it

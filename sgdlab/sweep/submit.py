@@ -19,11 +19,17 @@ line (`submitit.helpers.CommandFunction`), for two reasons:
 SIGTERM is left to submitit, which ignores it: Slurm sends it ahead of the preemption
 signal, and exiting on it would skip the requeue. The submitter validates with its own
 devices; each job plans again with the devices it runs on.
+
+With --multihost, a job is --submit_nodes x --submit_tasks_per_node processes that
+train as one run across hosts (a GPU cluster's ResNet-50 at k=8192): each task joins
+the others (`jax.distributed`, task 0's node coordinating, `JobEnvironment`'s rank and
+count) before the sweep, and only process 0 claims and writes (`sgdlab.sweep.hosts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
@@ -54,7 +60,13 @@ class Request:
   sbatch: Sequence[str] = ()  # extra sbatch parameters, "key=value"
   wait: bool = False  # slurm: wait for the jobs (local always waits)
   worker_index: int | None = None  # refused: each job's index is its array index
-  multihost: bool = False  # refused: a job is one process
+  multihost: bool = False  # each job's processes are one run across hosts
+  nodes: int = 1  # per job (slurm)
+  tasks_per_node: int = 1  # processes per node, each with gpus_per_task GPUs
+
+  @property
+  def processes(self) -> int:
+    return self.nodes * self.tasks_per_node
 
 
 def define_flags() -> None:
@@ -72,6 +84,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("submit_cpus_per_task", None, "With --submit: CPUs per job.")
   flags.DEFINE_bool("submit_wait", False, "With --submit=slurm: wait for the jobs and exit 1 "
                     "if one failed (--submit=local always waits).")
+  flags.DEFINE_integer("submit_nodes", 1, "With --submit and --multihost: nodes per job.")
+  flags.DEFINE_integer("submit_tasks_per_node", 1, "With --submit and --multihost: "
+                       "processes per node; a job's processes train as one run.")
   flags.DEFINE_string("slurm_partition", "", "With --submit=slurm: the partition.")
   flags.DEFINE_integer("slurm_array_parallelism", None, "With --submit=slurm: at most this "
                        "many jobs at once.")
@@ -87,7 +102,8 @@ def request_from_flags() -> Request:
                  cpus_per_task=f.submit_cpus_per_task, partition=f.slurm_partition,
                  array_parallelism=f.slurm_array_parallelism, sbatch=tuple(f.slurm_sbatch),
                  wait=f.submit_wait, worker_index=f.get_flag_value("worker_index", None),
-                 multihost=f.get_flag_value("multihost", False))
+                 multihost=f.get_flag_value("multihost", False), nodes=f.submit_nodes,
+                 tasks_per_node=f.submit_tasks_per_node)
 
 
 def check(request: Request) -> None:
@@ -97,15 +113,21 @@ def check(request: Request) -> None:
   if request.worker_index is not None:
     raise UsageError("--worker_index", request.worker_index, "not with --submit: job i of "
                      "--num_workers is worker i")
-  if request.multihost:
-    raise UsageError("--multihost", True, "not with --submit: each job is one process")
   count = 1 if request.num_workers is None else request.num_workers
   for name, value, low in (("--num_workers", count, 1), ("--submit_time", request.time_min, 1),
+                           ("--submit_nodes", request.nodes, 1),
+                           ("--submit_tasks_per_node", request.tasks_per_node, 1),
                            ("--submit_gpus_per_task", request.gpus_per_task, 0),
                            ("--submit_cpus_per_task", request.cpus_per_task, 1),
                            ("--slurm_array_parallelism", request.array_parallelism, 1)):
     if value is not None and value < low:
       raise UsageError(name, value, f"an integer >= {low}")
+  if request.multihost != (request.processes > 1):
+    raise UsageError("--multihost", request.multihost, "with --submit, together with "
+                     "--submit_nodes or --submit_tasks_per_node above 1 (a job's processes "
+                     "are one run), or neither")
+  if request.kind == "local" and request.nodes > 1:
+    raise UsageError("--submit_nodes", request.nodes, "1 for --submit=local (one machine)")
   sbatch_parameters(request.sbatch)
   try:
     import submitit  # pylint: disable=g-import-not-at-top
@@ -144,8 +166,9 @@ class Task:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, options: runner.Options,
-               overrides: Mapping[str, str]):
+               overrides: Mapping[str, str], coordinator_host: str | None = None):
     self.config, self.options, self.overrides = config, options, dict(overrides)
+    self.coordinator_host = coordinator_host  # multihost: "" = the job's first node
 
   def __call__(self) -> int:
     from absl import flags, logging  # pylint: disable=g-import-not-at-top
@@ -153,6 +176,8 @@ class Task:
       flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
+    if self.coordinator_host is not None:
+      _join_job_processes(self.coordinator_host)
     return runner.run_sweep(self.config, self.options, overrides=self.overrides)
 
   def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -160,13 +185,27 @@ class Task:
     return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def _join_job_processes(host: str) -> None:
+  """One multi-process JAX run of this job's tasks: task 0's node coordinates, on a port
+  derived from the job id (the same after a requeue)."""
+  import submitit  # pylint: disable=g-import-not-at-top
+  from sgdlab.sweep import hosts  # pylint: disable=g-import-not-at-top
+  env = submitit.JobEnvironment()
+  port = 20000 + int(hashlib.sha1(str(env.job_id).encode()).hexdigest(), 16) % 20000
+  hosts.initialize(coordinator_address=f"{host or env.hostnames[0]}:{port}",
+                   num_processes=env.num_tasks, process_id=env.global_rank)
+
+
 def executor(request: Request, folder: str, name: str) -> Any:
   """A submitit AutoExecutor for the request (it creates `folder`)."""
   import submitit  # pylint: disable=g-import-not-at-top
   ex = submitit.AutoExecutor(folder=folder, cluster=request.kind)
-  params: dict[str, Any] = dict(name=name, timeout_min=request.time_min, tasks_per_node=1,
-                                gpus_per_node=request.gpus_per_task,
+  gpus = request.gpus_per_task and request.gpus_per_task * request.tasks_per_node
+  params: dict[str, Any] = dict(name=name, timeout_min=request.time_min,
+                                tasks_per_node=request.tasks_per_node, gpus_per_node=gpus,
                                 cpus_per_task=request.cpus_per_task)
+  if request.nodes > 1:
+    params["nodes"] = request.nodes
   if request.kind == "slurm":
     params.update(slurm_partition=request.partition or None,
                   slurm_array_parallelism=request.array_parallelism,
@@ -192,8 +231,9 @@ def submit(config: ml_collections.ConfigDict, request: Request,
   workdir = os.path.abspath(base.workdir)
   folder = os.path.abspath(request.folder or os.path.join(workdir, "submitit"))
   n = request.num_workers or 1
+  host = (("127.0.0.1" if request.kind == "local" else "") if request.multihost else None)
   tasks = [Task(config, dataclasses.replace(base, workdir=workdir, worker=Worker(i, n)),
-                overrides or {}) for i in range(n)]
+                overrides or {}, host) for i in range(n)]
   jobs = executor(request, folder, f"sgdlab-{os.path.basename(workdir)}").submit_array(tasks)
   where = "SLURM" if request.kind == "slurm" else "local"
   print(f"submitted {n} {where} job(s) for the {len(points)} points of {workdir}; "
@@ -214,7 +254,7 @@ def _wait(jobs: Sequence[Any], kind: str, workdir: str) -> int:
     try:
       if kind == "local" and not job.paths.result_pickle.exists():  # no slow file system
         raise RuntimeError("it ended without a result (killed?)")
-      failures = job.result()
+      failures = job.results()[0]  # task 0's: the run's writer (the others' are the same)
       outcome = "done" if not failures else f"{failures} point(s) failed"
     except Exception as e:  # pylint: disable=broad-except
       failures = 1

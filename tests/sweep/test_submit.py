@@ -96,6 +96,27 @@ def test_two_local_jobs_run_every_point_exactly_once(tmp_path):
   assert out.count("| k=") == 4  # the summary table, once every job has finished
 
 
+def test_a_job_of_two_processes_trains_each_point_as_one_multihost_run(tmp_path):
+  """--multihost with two tasks per job: each point is one run over both processes'
+  devices, and process 0 writes."""
+  workdir = tmp_path / "runs"
+  proc = _launch(tmp_path, workdir, "--submit=local", "--multihost",
+                 "--submit_tasks_per_node=2", "--config.sweep.product.batch_size=(32,)")
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out + err[-3000:]
+  logs = _logs(workdir)
+  assert len(logs) == 2  # one job, two tasks
+  joined = sorted(re.search(r"multi-process run: process (\d) of 2, 1 local of 2 devices",
+                            text).group(1) for text in logs.values())
+  assert joined == ["0", "1"]
+  points = _points(workdir)
+  assert len(points) == 2 and all(_status(workdir, p)["status"] == "done" for p in points)
+  for text in logs.values():  # both processes train both points, together
+    assert [m.group(3) for m in SETTLED.finditer(text)] == ["done", "done"]
+  writers = [n for n, text in logs.items() if "summary:" in text]
+  assert writers == [n for n in logs if n.endswith("_0_log.err")]  # process 0 writes
+
+
 def test_a_killed_job_resubmitted_resumes_its_point_from_the_checkpoint(tmp_path):
   workdir = tmp_path / "runs"
   proc = _launch(tmp_path, workdir, "--submit=local", "--num_workers=2", *LONG)
@@ -206,7 +227,10 @@ def test_a_task_requeues_as_the_same_worker_of_the_same_config(tmp_path):
     (dict(kind="pbs"), "--submit=pbs is invalid: one of slurm, local"),
     (dict(worker_index=1, num_workers=2), "--worker_index=1 is invalid: not with --submit"),
     (dict(num_workers=-3), "--num_workers=-3 is invalid: an integer >= 1"),
-    (dict(multihost=True), "--multihost=True is invalid: not with --submit"),
+    (dict(multihost=True), "--multihost=True is invalid: with --submit, together with"),
+    (dict(tasks_per_node=2), "--multihost=False is invalid: with --submit, together with"),
+    (dict(multihost=True, nodes=2), "--submit_nodes=2 is invalid: 1 for --submit=local"),
+    (dict(tasks_per_node=0), "--submit_tasks_per_node=0 is invalid: an integer >= 1"),
     (dict(time_min=0), "--submit_time=0 is invalid: an integer >= 1"),
     (dict(gpus_per_task=-1), "--submit_gpus_per_task=-1 is invalid: an integer >= 0"),
     (dict(array_parallelism=0), "--slurm_array_parallelism=0 is invalid"),
