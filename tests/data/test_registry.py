@@ -37,5 +37,6 @@ def test_fields_a_source_does_not_read_are_refused(monkeypatch):
 
 
 def test_every_name_is_one_source():
-  assert set(data.DATASETS) == {"mnist", "digits", "synthetic", "cifar10", "cifar100", "text"}
+  assert set(data.DATASETS) == {"mnist", "digits", "synthetic", "cifar10", "cifar100", "text",
+                                "imagenet2012", "array_record"}
   assert all(isinstance(s, Source) for s in data.DATASETS.values())

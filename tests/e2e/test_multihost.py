@@ -48,7 +48,7 @@ def _imagenet_lines(tmp_path) -> str:
       "train": imagenet_support.examples(64, 10, 0),
       "validation": imagenet_support.examples(16, 10, 1)})
   return (f"c.data.name, c.data.dir = 'imagenet2012', {root!r}\n"
-          "  c.data.image_size, c.data.eval_resize = 12, 14\n")
+          "  c.data.image_size, c.data.eval_resize = 12, 14\n  ")
 
 
 @pytest.mark.parametrize("pipeline", ["device", "grain", "imagenet"])
@@ -57,7 +57,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, pipeline):
   ImageNet's records are decoded and cropped by the process that holds them."""
   extra = _imagenet_lines(tmp_path) if pipeline == "imagenet" else ""
   pipeline = "grain" if pipeline == "imagenet" else pipeline
-  text = CONFIG.replace("return c", f"{extra}  c.data.pipeline = {pipeline!r}\n"
+  text = CONFIG.replace("return c", f"{extra}c.data.pipeline = {pipeline!r}\n"
                         f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n  return c")
   config = tmp_path / "multihost.py"
   config.write_text(text)
