@@ -22,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sgdlab.data import imagenet
 from sgdlab.errors import ConfigError
 
 AUGMENTS = ("auto", "none", "crop_flip", "inception_crop")
 HOST = ("inception_crop",)  # made where the images are decoded, from the order's draws
-HOST_DATASETS = ("imagenet2012", "array_record")  # encoded images: "auto" and HOST apply
+HOST_DATASETS = imagenet.NAMES  # encoded images: "auto" and HOST apply
 PAD = 4
 OFFSETS = 2 * PAD + 1  # crop corners per axis: 9, so 81 crops
 DRAWS = 2 * OFFSETS * OFFSETS  # with or without a flip

@@ -120,8 +120,8 @@ class RecordSource:
     self._records = sources.ArrayRecordDataSource(list(self.split.paths))
     n = self.split.size
     self.n = min(n, cfg.n_train) if split == "train" and cfg.n_train else n
-    self.size, self.resize, self.augment = crop_size(cfg), eval_resize(cfg), augment
-    self.host_augment = augment  # the stream hands this source the draws
+    self.size, self.resize = crop_size(cfg), eval_resize(cfg)
+    self.host_augment = augment  # crops by draw: the stream hands this source the draws
 
   def __len__(self) -> int:
     return self.n
@@ -133,7 +133,7 @@ class RecordSource:
     image, label = records.check_record(self._records[int(i)], self.num_classes, where,
                                         self.folder)
     try:
-      if self.augment and draw is not None:
+      if self.host_augment and draw is not None:
         return jpeg.train_image(image, self.size, np.random.default_rng(int(draw))), label
       return jpeg.eval_image(image, self.size, self.resize), label
     except ValueError as e:

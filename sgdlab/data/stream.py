@@ -63,6 +63,8 @@ def check(cfg: ml_collections.ConfigDict) -> None:
 class ArraySource:
   """Random access to one split: images (a memory map, or an array) and labels."""
 
+  host_augment = False  # stored images: any crop is the step's
+
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, scale: float,
                image_size: int = 0, keep_uint8: bool = True):
     self.images, self.labels = images, np.asarray(labels, np.int32)
@@ -181,7 +183,7 @@ class Stream:
     order = self.order(epoch)
     indices = order["idx"][..., s, self.columns]
     draws = order["draw"][..., s, self.columns] if "draw" in order else None
-    if getattr(self.source, "host_augment", False):  # cropped as they are decoded
+    if self.source.host_augment:  # cropped as they are decoded
       x, y = self.source.batch(indices, draws)
       return dict(x=x, y=y, mask=order["mask"][s, self.columns])
     x, y = self.source.batch(indices)
