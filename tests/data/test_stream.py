@@ -91,6 +91,7 @@ def test_a_grain_run_is_bitwise_the_device_run(tmp_path, mesh1, mesh8, devices,
   assert grain.epochs["test_accuracy"] == device.epochs["test_accuracy"]
 
 
+@pytest.mark.slow  # the device pipeline's: tests/train/test_population.py
 def test_a_grain_population_is_its_members_run_alone(tmp_path, mesh1, request):
   # At XLA:CPU's backend level 0 the population's evaluation loss is 1 ulp off its
   # member's (2.442286252975464 vs 2.442286491394043); training is bitwise at both.

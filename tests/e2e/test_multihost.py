@@ -51,7 +51,10 @@ def _imagenet_lines(tmp_path) -> str:
           "  c.data.image_size, c.data.eval_resize = 12, 14\n  ")
 
 
-@pytest.mark.parametrize("pipeline", ["device", "grain", "imagenet"])
+# "imagenet" reads through grain, its device pipeline the step's: the others with -m slow.
+@pytest.mark.parametrize("pipeline", [pytest.param("device", marks=pytest.mark.slow),
+                                      pytest.param("grain", marks=pytest.mark.slow),
+                                      "imagenet"])
 def test_two_processes_give_the_metrics_of_one(tmp_path, pipeline):
   """With grain, each process reads only the half of every batch its device holds;
   ImageNet's records are decoded and cropped by the process that holds them."""

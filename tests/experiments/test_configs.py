@@ -97,6 +97,7 @@ def test_the_lm_experiment_writes_python_docs_once_when_no_path_is_given(tmp_pat
   assert os.path.getmtime(path) == os.path.getmtime(corpus.cached_python_docs(str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_the_classic_sharpness_variant_measures_every_run_at_its_end(tmp_path):
   module = experiment("classic_batch_size")
   config = module.get_config("small")

@@ -108,6 +108,7 @@ def test_the_planned_micro_batch_trains_where_one_step_runs_out_of_memory(cases,
     list(pool.map(lambda case: _planned_run_under_limit(*case, mesh1), cases))
 
 
+@pytest.mark.slow
 def test_launcher_prints_the_plans_and_marks_the_chosen_one(tmp_path):
   out = tmp_path / "fit"
   r = fit_cli(tmp_path, "--memory_budget=300MiB", "--config.batch_size=512",

@@ -88,7 +88,7 @@ def _at_init(depth: int):
   return jax.jit(run)(_images(k=2))
 
 
-@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("depth", [pytest.param(18, marks=pytest.mark.slow), 50])
 def test_every_block_starts_as_relu_of_its_shortcut(depth):
   """Goyal et al.'s zero-initialized last batch-norm scale: at init each residual branch
   is exactly 0, so a block's output is relu(x) or relu(projection shortcut)."""
@@ -135,7 +135,8 @@ def test_a_small_resnet50_trains_through_the_library(mesh1):
   assert np.isfinite(history.epochs["test_loss"]).all()
 
 
-@pytest.mark.parametrize("depth", [18, pytest.param(50, marks=pytest.mark.slow)])
+@pytest.mark.slow  # bfloat16 and remat on the other models: test_precision_remat.py
+@pytest.mark.parametrize("depth", [18, 50])
 def test_bfloat16_with_remat_trains_a_step_to_a_finite_loss(mesh1, depth):
   """(bfloat16 against float32, and remat's gradients: tests/models/test_precision_remat.py.)"""
   loss, new, _ = _one_step(_config(dtype="bfloat16", **{"model.remat": True,
@@ -145,9 +146,9 @@ def test_bfloat16_with_remat_trains_a_step_to_a_finite_loss(mesh1, depth):
   assert int(new.step) == 1 and step.all_finite(new.params)
 
 
-@pytest.mark.parametrize("mode,extra", [  # "device" also trains in every test above
-    pytest.param("device", {}, marks=pytest.mark.slow),
-    ("virtual", {"model.bn_virtual_batch_size": 2}), ("sync", {})])
+@pytest.mark.slow  # "device" trains in every test above; the modes: test_batchnorm.py
+@pytest.mark.parametrize("mode,extra", [
+    ("device", {}), ("virtual", {"model.bn_virtual_batch_size": 2}), ("sync", {})])
 def test_each_bn_mode_builds_and_trains_a_step_on_two_devices(mode, extra):
   mesh2 = step.make_mesh(jax.devices()[:2])
   config = _config(batch_size=8, **{"model.imagenet_depth": 18, "model.bn_mode": mode,

@@ -146,3 +146,21 @@ def test_a_killed_study_resumes_at_its_first_unfinished_cell(tmp_path):
   made.clear()
   trial_budget.study_cells(config, make_runner, (16,), cell_dir)
   assert len(made) >= 2
+
+
+def test_a_run_is_built_once_per_setting_of_the_fields_besides_the_lr():
+  config = experiment("optimizers_across_k").get_config("small")
+  made, ran = [], []
+
+  def make_runner(c, k):
+    made.append((float(c.optimizer.momentum), k))
+    return lambda lr, limit: ran.append((float(c.optimizer.momentum), lr)) or dict(steps=1)
+
+  run_trial = trial_budget.trial_runner(config, make_runner, 16)
+  for trial in ({"learning_rate": 0.1}, {"learning_rate": 0.2},  # the lr only: one Run
+                {"learning_rate": 0.3, "optimizer.momentum": 0.5},
+                {"learning_rate": 0.4, "optimizer.momentum": 0.5},
+                {"learning_rate": 0.5, "optimizer.momentum": 0.8}):
+    run_trial(trial, 10)
+  assert made == [(0.9, 16), (0.5, 16), (0.8, 16)]
+  assert ran == [(0.9, 0.1), (0.9, 0.2), (0.5, 0.3), (0.5, 0.4), (0.8, 0.5)]

@@ -67,6 +67,7 @@ def test_a_change_of_k_continues_the_state_of_the_k_before(mesh1, tmp_path):
   assert ramp.steps["loss"] == then.steps["loss"]
 
 
+@pytest.mark.slow  # in-process: test_resume_across_a_change_of_k_is_bitwise
 def test_kill_9_after_the_change_of_k_then_rerun_is_bitwise_equal(tmp_path, mesh1):
   """k=8 for two epochs, then 16: killed once three rows exist (the last at k=16)."""
   text = KILLABLE.replace("return c", "c.batch_size_schedule.boundaries = (2,)\n"
@@ -92,6 +93,7 @@ def test_resume_across_a_change_of_k_is_bitwise(mesh1, tmp_path, ramp, pipeline)
   assert_same_run(ramp, trainer.train(config, mesh=mesh1, checkpoint_dir=ckpt))
 
 
+@pytest.mark.slow
 def test_eight_devices_a_population_and_accumulation_train_the_same_run(mesh1, mesh8, ramp):
   def close(a, b):
     np.testing.assert_allclose(a.steps["loss"], b.steps["loss"], rtol=2e-5, atol=1e-6)

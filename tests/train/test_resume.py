@@ -232,6 +232,7 @@ def test_kill_9_after_two_epochs_leaves_their_rows_then_rerun_is_bitwise_equal(t
   _assert_point_equals(point, reference)
 
 
+@pytest.mark.slow  # grain after kill -9 in the default suite: tests/data/test_imagenet.py
 def test_kill_9_mid_run_with_the_grain_pipeline_then_rerun_is_bitwise_equal(tmp_path, mesh1):
   """The resumed stream starts where the checkpoint's iterator state says: the batches,
   and so every bit, of the uninterrupted grain run (itself bitwise the device run)."""

@@ -61,6 +61,7 @@ def test_sharpness_leaves_training_unchanged(mesh1, sharp):
   assert "hessian_eig_1" not in plain.epochs
 
 
+@pytest.mark.slow
 def test_the_same_figures_on_eight_devices_and_for_a_population_member(mesh1, mesh8, sharp):
   eight = trainer.train(sharp_config(), mesh=mesh8)
   for key in ("hessian_eig_1", "directional_curvature"):
