@@ -36,7 +36,8 @@ def test_loading_an_experiment_writes_no_bytecode():
       f.startswith("classic_grid.") for f in os.listdir(os.path.join(EXPERIMENTS, "__pycache__")))
 
 
-@pytest.mark.parametrize("name,points", [("classic_batch_size", 4), ("classic_grid", 4),
+@pytest.mark.parametrize("name,points", [("classic_batch_size", 4),
+                                         pytest.param("classic_grid", 4, marks=pytest.mark.slow),
                                          ("population_lr_sweep", 6), ("edge_of_stability", 3)])
 def test_launch_configs_run_their_small_variant(tmp_path, name, points):
   config = experiment(name).get_config("small")

@@ -315,7 +315,7 @@ def check_against_real_oom(config, est, budget_bytes: int) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("model,powers", [
-    ("mlp", [4096]),  # the CNN under its real limit: test_auto_batch_size_trains_under_...
+    ("mlp", [4096]),  # the CNN's with -m slow, as batch_size="auto" under a real limit
     pytest.param("cnn", [2048], marks=pytest.mark.slow),
     pytest.param("mlp", OOM_POWERS["mlp"], marks=pytest.mark.slow),
     pytest.param("cnn", OOM_POWERS["cnn"], marks=pytest.mark.slow)])
@@ -360,6 +360,7 @@ def test_allocation_failures_count_as_out_of_memory(text, oom):
   assert trials.is_oom(text) == oom
 
 
+@pytest.mark.slow
 def test_auto_batch_size_trains_under_the_limit_it_measured(mesh1):
   # The child measures its own budget (RLIMIT_AS minus what it maps), searches, trains.
   config = oom_config("cnn")

@@ -42,8 +42,8 @@ def _operand_dtypes(text, op):
   return found
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
-                                  if n == "imagenet_resnet" else n for n in IMAGE_MODELS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW
+                                  else n for n in IMAGE_MODELS])
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(name, mesh1):
   results = {}
   for dtype in ("float32", "bfloat16"):

@@ -29,6 +29,7 @@ def test_population_against_sequential_runs():
   assert population_speed.rates(3) == pytest.approx([0.5, 0.5 * 0.02 ** 0.5, 0.01])
 
 
+@pytest.mark.slow
 def test_the_noise_estimate_does_not_change_training():
   (row,) = noise_cost.measure(_config("benchmark_noise_overhead"))
   cells = row.strip("| ").split(" | ")

@@ -105,6 +105,7 @@ def test_bad_budgets_are_one_config_error_naming_the_field(field, value, match):
     trial_budget.validate(c)
 
 
+@pytest.mark.slow  # the engine's paths: the tests above
 def test_the_experiment_runs_end_to_end_and_writes_its_table_and_figures(tmp_path):
   r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "optimizers_across_k.py"),
                       "--config=" + os.path.join(REPO, "experiments", "optimizers_across_k.py")

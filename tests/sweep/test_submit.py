@@ -97,6 +97,7 @@ def test_two_local_jobs_run_every_point_exactly_once(tmp_path):
   assert out.count("| k=") == 4  # the summary table, once every job has finished
 
 
+@pytest.mark.slow
 def test_a_job_of_two_processes_trains_each_point_as_one_multihost_run(tmp_path):
   """--multihost with two tasks per job: each point is one run over both processes'
   devices, and process 0 writes."""
@@ -118,6 +119,7 @@ def test_a_job_of_two_processes_trains_each_point_as_one_multihost_run(tmp_path)
   assert writers == [n for n in logs if n.endswith("_0_log.err")]  # process 0 writes
 
 
+@pytest.mark.slow
 def test_a_killed_job_resubmitted_resumes_its_point_from_the_checkpoint(tmp_path):
   workdir = tmp_path / "runs"
   proc = _launch(tmp_path, workdir, "--submit=local", "--num_workers=2", *LONG)

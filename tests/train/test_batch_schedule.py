@@ -42,6 +42,7 @@ def test_the_schedule_sets_each_epochs_k_and_the_run_counts_its_updates(mesh1, r
   np.testing.assert_allclose(ramp.steps["lr"], 0.5 / (1 + 1e-3 * np.arange(18)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_empty_schedule_and_one_that_keeps_k_equal_the_plain_run(mesh1):
   plain = trainer.train(tiny_config(), mesh=mesh1)
   empty = trainer.train(tiny_config(**{"batch_size_schedule.boundaries": ()}), mesh=mesh1)

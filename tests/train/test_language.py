@@ -53,6 +53,7 @@ def _hand_loss(model, params, tokens: np.ndarray, starts: np.ndarray, seq_len: i
   return float(-np.take_along_axis(logp, targets[..., None], -1).mean())
 
 
+@pytest.mark.slow
 def test_the_step_loss_is_the_mean_per_token_cross_entropy(corpus, mesh1):
   """Also the noise-scale norms: one device splits the batch in two, |G_small|^2 is the
   mean of each half's squared mean-per-token gradient norm, |G_big|^2 the whole
