@@ -82,7 +82,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     s.batch_sizes, s.target, s.max_steps = (16, 64), 0.3, 200
     c.trial_budget.optimizers = ("momentum", "lamb")
     c.trial_budget.trials, c.trial_budget.studies = 2, 2  # the lr alone: one Run per k
-    c.trial_budget.spaces = {n: dict(learning_rate=spaces()[n].learning_rate) for n in
+    c.trial_budget.spaces = {n: dict(learning_rate=c.trial_budget.spaces[n].learning_rate) for n in
                              c.trial_budget.optimizers}
   return c
 

@@ -109,7 +109,8 @@ def test_both_layouts_train_and_evaluate(folders, mesh1, name):
 
 
 # Both layouts train in-process above; through the launcher, the plain one with -m slow.
-@pytest.mark.parametrize("name", ["imagenet2012", pytest.param("array_record", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["imagenet2012",
+                                  pytest.param("array_record", marks=pytest.mark.slow)])
 def test_the_launcher_trains_on_both_layouts(folders, tmp_path, name):
   config = tmp_path / "imagenet_tiny.py"
   config.write_text(KILLABLE.format(folder=folders[name], epochs=2).replace(

@@ -406,7 +406,7 @@ def test_trial_mode_under_an_inherited_limit_agrees_with_compile_mode(tmp_path, 
   for method in ("compile", "trial"):
     r = subprocess.run(
         [sys.executable, "-m", "sgdlab.fit", f"--config={tmp_path / 'oom.py'}",
-         f"--method={method}", "--trial_start=4096", "--trial_steps=1", "--exact=false",
+         f"--method={method}", "--trial_start=2048", "--trial_steps=1", "--exact=false",
          f"--workdir={tmp_path / method}"], capture_output=True, text=True,
         env=subprocess_env(1), timeout=900,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))

@@ -79,7 +79,7 @@ def _assert_each_point_done_exactly_once(workdir, n_points):
   assert not [n for n in os.listdir(workdir) if n.startswith(".claim-")]
 
 
-@pytest.mark.slow  # two local jobs also finish the sweep in the killed-job test below
+@pytest.mark.slow
 def test_two_local_jobs_run_every_point_exactly_once(tmp_path):
   workdir = tmp_path / "runs"
   proc = _launch(tmp_path, workdir, "--submit=local", "--num_workers=2")
